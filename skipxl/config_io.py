@@ -1,0 +1,91 @@
+"""JSON round-tripping for the frozen config dataclasses.
+
+Every config in skipxl is a frozen dataclass validated in ``__post_init__``. These two
+helpers turn one into plain JSON-able data and back (nested dataclasses, tuples and
+optional fields included), so that a run folder's ``config.json`` rebuilds the exact
+objects that trained it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import types
+import typing
+from pathlib import Path
+from typing import Any, TypeVar
+
+from skipxl.errors import SkipxlError
+
+T = TypeVar("T")
+
+
+def to_dict(obj: Any) -> Any:
+    """Recursively convert dataclasses / tuples / paths into JSON-able values."""
+    if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
+        return {f.name: to_dict(getattr(obj, f.name)) for f in dataclasses.fields(obj)}
+    if isinstance(obj, (list, tuple)):
+        return [to_dict(v) for v in obj]
+    if isinstance(obj, dict):
+        return {str(k): to_dict(v) for k, v in obj.items()}
+    if isinstance(obj, Path):
+        return str(obj)
+    return obj
+
+
+def _coerce(tp: Any, value: Any) -> Any:
+    """Convert JSON data ``value`` to the annotated type ``tp`` (dataclass, tuple, optional)."""
+    if value is None:
+        return None
+    origin = typing.get_origin(tp)
+    if origin in (typing.Union, types.UnionType):
+        args = [a for a in typing.get_args(tp) if a is not type(None)]
+        for arg in args:
+            if dataclasses.is_dataclass(arg) and isinstance(value, dict):
+                return from_dict(arg, value)
+        for arg in args:
+            if typing.get_origin(arg) is tuple and isinstance(value, (list, tuple)):
+                return _coerce(arg, value)
+        return value
+    if dataclasses.is_dataclass(tp) and isinstance(value, dict):
+        return from_dict(tp, value)
+    if origin is tuple and isinstance(value, (list, tuple)):
+        args = typing.get_args(tp)
+        inner = args[0] if args else Any
+        return tuple(_coerce(inner, v) for v in value)
+    return value
+
+
+def from_dict(cls: type[T], data: dict[str, Any]) -> T:
+    """Build dataclass ``cls`` from ``data``; unknown keys are an error naming them."""
+    if not isinstance(data, dict):
+        raise SkipxlError(f"expected a JSON object for {cls.__name__}, got {type(data).__name__}")
+    hints = typing.get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
+    unknown = sorted(set(data) - names)
+    if unknown:
+        raise SkipxlError(
+            f"unknown {cls.__name__} field(s) {unknown}; valid fields are {sorted(names)}"
+        )
+    kwargs = {k: _coerce(hints[k], v) for k, v in data.items()}
+    return cls(**kwargs)
+
+
+def save_json(obj: Any, path: Path) -> None:
+    """Write ``obj`` (dataclass or JSON-able) to ``path`` atomically (write then rename)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(to_dict(obj), indent=2, sort_keys=True) + "\n")
+    tmp.replace(path)
+
+
+def load_json(path: Path) -> Any:
+    """Read JSON from ``path`` with a clear error when it is missing or corrupt."""
+    path = Path(path)
+    if not path.is_file():
+        raise SkipxlError(f"{path} does not exist; pass the run folder or file that holds it")
+    try:
+        return json.loads(path.read_text())
+    except json.JSONDecodeError as exc:
+        raise SkipxlError(f"{path} is not valid JSON ({exc}); restore or regenerate it") from exc

@@ -1,0 +1,1 @@
+"""Training engine: DeepSpeed set-up, the training loop, evaluation, checkpoints, logging."""
