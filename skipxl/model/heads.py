@@ -81,9 +81,7 @@ def draw_head_index(n_head: int, cfg: CrossHeadConfig, generator: torch.Generato
     return torch.where(mix, others, identity_index(n_head))
 
 
-def draw_head_indices(
-    n_layer: int, n_head: int, cfg: CrossHeadConfig, generator: torch.Generator
-) -> Tensor:
+def draw_head_indices(n_layer: int, n_head: int, cfg: CrossHeadConfig, generator: torch.Generator) -> Tensor:
     """Draw the head indices of every layer for one step: ``[n_layer, H]`` (CPU, int64)."""
     return torch.stack([draw_head_index(n_head, cfg, generator) for _ in range(n_layer)])
 

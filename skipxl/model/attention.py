@@ -1,0 +1,160 @@
+"""Relative partial-learnable multi-head attention (Transformer-XL, attn_type 0).
+
+Dai et al. 2019, Sec. 3.3: the score of query i and key j is
+
+    (q_i + u) . k_j        (content term, "AC")
+  + (q_i + v) . W_r R_d    (position term, "BD"), d = distance of i and j
+
+scaled by ``1/sqrt(d_head)``, with ``u = r_w_bias`` and ``v = r_r_bias`` shared by all
+layers (held by the model, passed in). Parameter names (``qkv_net``, ``r_net``,
+``o_net``, ``layer_norm``) are the original's so checkpoints convert by name.
+
+Position paths (the position term only; the content term is the same everywhere):
+
+* **rel-shift** (``pos_index=None``, ``positions="relative"``): the memory is contiguous
+  with the segment, the position table has one row per key (``pos_seq = K-1 .. 0``) and
+  :func:`~skipxl.model.functional.rel_shift` aligns rows to distances (the original).
+* **gather** (``pos_index`` given): a retained Skip-Retain memory (arXiv 2311.08123) holds
+  older steps, so distances are not ``K-Q+i-j``. The table covers ``R-1 .. 0`` with ``R``
+  above the largest true distance, and each (query, key) picks its row with a gather.
+  On a contiguous memory with ``R = K`` it picks exactly the rel-shift entries.
+* **segment_end** (``positions="segment_end"``, the paper's released code): every key is
+  scored by its distance to the end of the segment, the same for every query: with
+  ``pos_index=None`` row j is used for key j (no shift); a ``[1, K]`` index does the same
+  for a retained memory.
+
+Cross-head attention (arXiv 2311.08123): an optional head index ``[H]`` gathers the heads
+of the content keys, values and positional keys together
+(:func:`~skipxl.model.heads.mix_heads`); the u/v biases stay with the query head.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from skipxl.errors import require
+from skipxl.model.config import POSITIONS
+from skipxl.model.functional import rel_shift
+from skipxl.model.heads import mix_heads
+
+
+class PositionalEmbedding(nn.Module):
+    """Sinusoid table ``[sin(pos * inv_freq), cos(pos * inv_freq)]`` (Vaswani et al. 2017,
+    as used by Transformer-XL), ``inv_freq = 1 / 10000^(2k/d)``. Not learned."""
+
+    inv_freq: Tensor
+
+    def __init__(self, d_model: int) -> None:
+        super().__init__()
+        inv_freq = 1.0 / (10000 ** (torch.arange(0.0, d_model, 2.0) / d_model))  # [D/2]
+        self.register_buffer("inv_freq", inv_freq)
+
+    def forward(self, pos_seq: Tensor) -> Tensor:
+        """``pos_seq [R]`` (fp32) -> ``[R, d_model]`` fp32.
+
+        Computed in fp32 even in a half-precision model: a bf16 position (or frequency)
+        cannot even represent 257, so the table is rebuilt in fp32 when the buffer was cast.
+        """
+        inv_freq = self.inv_freq
+        if inv_freq.dtype != torch.float32:
+            d_model = 2 * inv_freq.numel()
+            steps = torch.arange(0.0, d_model, 2.0, device=inv_freq.device)  # [D/2]
+            inv_freq = 1.0 / (10000 ** (steps / d_model))  # [D/2] fp32
+        sinusoid = torch.outer(pos_seq.float(), inv_freq)  # [R, D/2]
+        return torch.cat([sinusoid.sin(), sinusoid.cos()], dim=-1)  # [R, D] fp32
+
+
+class RelPartialLearnableAttention(nn.Module):
+    """One Transformer-XL attention block with residual and LayerNorm (pre or post)."""
+
+    def __init__(
+        self,
+        n_head: int,
+        d_model: int,
+        d_head: int,
+        dropout: float,
+        dropatt: float = 0.0,
+        pre_lnorm: bool = False,
+        positions: str = "relative",
+    ) -> None:
+        super().__init__()
+        require(positions in POSITIONS, f"positions {positions!r} is unknown; choose one of {POSITIONS}")
+        self.n_head, self.d_model, self.d_head = n_head, d_model, d_head
+        self.pre_lnorm = pre_lnorm
+        self.positions = positions
+        self.scale = 1.0 / math.sqrt(d_head)
+        self.qkv_net = nn.Linear(d_model, 3 * n_head * d_head, bias=False)
+        self.r_net = nn.Linear(d_model, n_head * d_head, bias=False)
+        self.o_net = nn.Linear(n_head * d_head, d_model, bias=False)
+        self.layer_norm = nn.LayerNorm(d_model)
+        self.drop = nn.Dropout(dropout)
+        self.dropatt = nn.Dropout(dropatt)
+
+    def forward(
+        self,
+        x: Tensor,
+        mem: Tensor | None,
+        r: Tensor,
+        r_w_bias: Tensor,
+        r_r_bias: Tensor,
+        attn_mask: Tensor,
+        pos_index: Tensor | None = None,
+        head_index: Tensor | None = None,
+    ) -> Tensor:
+        """Attend from the segment to ``[memory, segment]``.
+
+        Args:
+            x: ``[B, T, D]`` the layer input for the current segment.
+            mem: ``[B, M, D]`` the layer's memory (``None`` or ``M = 0``: none).
+            r: ``[R, D]`` position embeddings for ``pos_seq = R-1 .. 0`` (clamped, dropped out).
+                Without ``pos_index`` ``R`` must equal ``K = M + T``.
+            r_w_bias, r_r_bias: ``[H, Dh]`` the u and v biases.
+            attn_mask: ``[T, K]`` bool, True = masked.
+            pos_index: ``[T, K]`` (relative) or ``[1, K]`` (segment_end) int64 row of ``r``
+                for each score (gather path), or ``None`` (contiguous fast path).
+            head_index: ``[H]`` int64 cross-head index or ``None`` (identity, no gather).
+        Returns:
+            ``[B, T, D]``.
+        """
+        bsz, qlen, _ = x.shape
+        cat = x if mem is None or mem.size(1) == 0 else torch.cat([mem.to(x.dtype), x], dim=1)  # [B,K,D]
+        klen, rlen = cat.size(1), r.size(0)
+        h, dh = self.n_head, self.d_head
+        inp = self.layer_norm(cat) if self.pre_lnorm else cat  # [B, K, D]
+        # Queries only for the segment (the original projects memory queries and drops them).
+        w_q, w_kv = self.qkv_net.weight.split([h * dh, 2 * h * dh], dim=0)  # [HDh, D], [2HDh, D]
+        q = F.linear(inp[:, klen - qlen :], w_q).view(bsz, qlen, h, dh)  # [B, T, H, Dh]
+        k, v = F.linear(inp, w_kv).chunk(2, dim=-1)  # 2 x [B, K, HDh]
+        k = k.reshape(bsz, klen, h, dh)  # [B, K, H, Dh]
+        v = v.reshape(bsz, klen, h, dh)  # [B, K, H, Dh]
+        r_k = self.r_net(r).view(rlen, h, dh)  # [R, H, Dh]
+        if head_index is not None:
+            k = mix_heads(k, head_index, head_dim=2)  # [B, K, H, Dh], head i <- head index[i]
+            v = mix_heads(v, head_index, head_dim=2)  # [B, K, H, Dh]
+            r_k = mix_heads(r_k, head_index, head_dim=1)  # [R, H, Dh]
+
+        ac = torch.einsum("bihd,bjhd->bhij", q + r_w_bias, k)  # [B, H, T, K]
+        bd = torch.einsum("bihd,jhd->bhij", q + r_r_bias, r_k)  # [B, H, T, R]
+        if pos_index is None:
+            require(
+                rlen == klen,
+                f"contiguous position path needs one position row per key (R={rlen}, K={klen})",
+            )
+            if self.positions == "relative":
+                bd = rel_shift(bd)  # [B, H, T, K]: row of distance (M + i) - j
+        else:
+            bd = bd.gather(-1, pos_index.expand(bsz, h, qlen, klen))  # [B, H, T, K]
+
+        score = ac.float().add_(bd.float()).mul_(self.scale)  # [B, H, T, K] fp32
+        score = score.masked_fill(attn_mask, float("-inf"))  # [B, H, T, K]
+        prob = torch.softmax(score, dim=-1).to(v.dtype)  # [B, H, T, K]
+        prob = self.dropatt(prob)
+        vec = torch.einsum("bhij,bjhd->bihd", prob, v)  # [B, T, H, Dh]
+        out = self.drop(self.o_net(vec.reshape(bsz, qlen, h * dh)))  # [B, T, D]
+        if self.pre_lnorm:
+            return x + out
+        return self.layer_norm(x + out)
