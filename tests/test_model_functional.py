@@ -95,6 +95,18 @@ def test_update_memory_window_positions_and_detach() -> None:
     assert torch.equal(pos2, torch.tensor([3, 4, 5, 6, 7]))
 
 
+def test_update_memory_holds_only_its_window() -> None:
+    """The new memory owns exactly M' rows of storage: no view pins the [B, M+T, D] concat."""
+    b, t, d, mem_len = 2, 5, 3, 4
+    state, pos = update_memory(None, None, torch.randn(b, t, d), torch.arange(t), mem_len=mem_len)
+    for step in range(1, 4):
+        new = torch.randn(b, t, d)
+        expected = torch.cat([state, new], 1)[:, -mem_len:]
+        state, pos = update_memory(state, pos, new, torch.arange(step * t, (step + 1) * t), mem_len)
+        assert torch.equal(state, expected)
+        assert state.untyped_storage().nbytes() == b * mem_len * d * state.element_size()
+
+
 def test_update_memory_ext_len_and_zero_mem_len() -> None:
     hidden = torch.randn(1, 6, 2)
     # end = 0 + (6 - 2) = 4, beg = max(0, 4 - 3) = 1

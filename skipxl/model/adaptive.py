@@ -124,10 +124,24 @@ class ProjectedAdaptiveLogSoftmax(nn.Module):
         else:
             weights = [layer.weight for layer in self.out_layers]
             biases = [layer.bias for layer in self.out_layers]
-        if self.n_clusters > 0:
-            weights[0] = torch.cat([weights[0], self.cluster_weight], dim=0)  # [S + C, d_embed]
-            biases[0] = torch.cat([biases[0], self.cluster_bias], dim=0)  # [S + C]
         return list(zip(weights, biases, strict=True))
+
+    def _head_logit(self, hidden: Tensor, weight: Tensor, bias: Tensor) -> Tensor:
+        """Head logits ``[N, S + C]`` fp32: the shortlist, then one column per tail cluster.
+
+        Two GEMMs joined on the logits, not one GEMM over ``cat([weight, cluster_weight])``:
+        a concatenated weight is a fresh ``[S + C, d]`` copy that autograd saves for
+        backward, and it turns the cluster parameters' gradients into views that pin the
+        whole head gradient (measured: +31 MiB each on wt103_base).
+        """
+        proj = self._proj(0)
+        if proj is not None:
+            hidden = F.linear(hidden, proj.t())  # [N, d_0]
+        logit = F.linear(hidden, weight, bias)  # [N, S]
+        if self.n_clusters > 0:
+            cluster_logit = F.linear(hidden, self.cluster_weight, self.cluster_bias)  # [N, C]
+            logit = torch.cat([logit, cluster_logit], dim=-1)  # [N, S + C]
+        return logit.float()
 
     @staticmethod
     def _logit(hidden: Tensor, weight: Tensor, bias: Tensor, proj: Tensor | None) -> Tensor:
@@ -150,10 +164,10 @@ class ProjectedAdaptiveLogSoftmax(nn.Module):
         a dense tail over all tokens would cost ``N x |cluster|`` instead.
         """
         if self.n_clusters == 0:
-            logit = self._logit(hidden, *self._clusters()[0], self._proj(0))  # [N, V]
+            logit = self._head_logit(hidden, *self._clusters()[0])  # [N, V]
             return -F.log_softmax(logit, dim=-1).gather(1, target[:, None]).squeeze(1)  # [N]
         clusters = self._clusters()
-        head_lp = F.log_softmax(self._logit(hidden, *clusters[0], self._proj(0)), dim=-1)
+        head_lp = F.log_softmax(self._head_logit(hidden, *clusters[0]), dim=-1)
         # head_lp: [N, S + C]. A tail token of cluster i reads head column -i (original quirk).
         cluster = torch.bucketize(target, self.cutoff_ids, right=True)  # [N] cluster id
         head_col = torch.where(cluster == 0, target, self.head_size - cluster)  # [N]
@@ -173,7 +187,7 @@ class ProjectedAdaptiveLogSoftmax(nn.Module):
     def log_prob(self, hidden: Tensor) -> Tensor:
         """Full distribution ``[N, n_token]`` fp32 log-probabilities (tests, generation)."""
         clusters = self._clusters()
-        head_lp = F.log_softmax(self._logit(hidden, *clusters[0], self._proj(0)), dim=-1)
+        head_lp = F.log_softmax(self._head_logit(hidden, *clusters[0]), dim=-1)
         if self.n_clusters == 0:
             return head_lp  # [N, V]
         parts = [head_lp[:, : self.shortlist_size]]  # [N, S]

@@ -127,9 +127,13 @@ def update_memory(
     mlen, qlen = state.size(1), new_hidden.size(1)
     end = mlen + max(0, qlen - ext_len)
     beg = max(0, end - mem_len)
+    # Concatenate only the slices inside the window [beg, end) of cat([memory, new]):
+    # slicing a full [B, M+T, D] concatenation would return a view that keeps the whole
+    # buffer alive, so the memory would hold (M+T)/M times its logical size.
     with torch.no_grad():
-        cat = torch.cat([state.to(new_hidden.dtype), new_hidden], dim=1)  # [B, M+T, D]
-        new_state = cat[:, beg:end].detach()  # [B, M', D]
+        kept_mem = state[:, min(beg, mlen) : min(end, mlen)].to(new_hidden.dtype)  # [B, <=M, D]
+        kept_new = new_hidden[:, max(beg - mlen, 0) : max(end - mlen, 0)]  # [B, <=T, D]
+        new_state = torch.cat([kept_mem, kept_new], dim=1).detach()  # [B, M', D], own storage
     new_positions = torch.cat([pos, new_pos.to(pos.device)])[beg:end]  # [M']
     return new_state, new_positions
 

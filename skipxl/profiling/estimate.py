@@ -196,7 +196,7 @@ def _softmax_bytes(cfg: Any, b: int, t: int, cluster_tokens: Sequence[int] | Non
     counts = list(cluster_tokens) if cluster_tokens is not None else [n] + [0] * len(cutoffs)
     require(len(counts) == len(cutoffs) + 1, "cluster_tokens needs one count per cluster (head first)")
     d0 = d_embed
-    total += (n * d0 * e if proj else 0) + head * d0 * e  # projected input, head weight (a cat copy)
+    total += n * d0 * e if proj else 0  # projected input (head logits join two GEMMs: no weight copy)
     total += n * head * STAT_BYTES + n * INDEX_BYTES  # head log-probabilities, column index
     for i in range(1, len(bounds) - 1):
         n_i = counts[i]
