@@ -1,0 +1,410 @@
+"""Fine-tune a BERT-family model on one GLUE task through DeepSpeed: one readable loop.
+
+Standard recipe (Devlin et al. 2019, the defaults here): AdamW lr 2e-5, global batch 32,
+3 epochs, max length 128, linear warm-up over the first 10% of steps then linear decay to 0,
+weight decay 0.01 (not on biases/LayerNorm), gradient clipping 1.0, dev-set evaluation at the
+end of each epoch; the reported score is the one after the last step (no checkpoint picking,
+which would hide exactly the seed variance the paper measures).
+
+The paper's GLUE claim (arXiv 2311.08123): stochastic cross-head attention (beta 0.1) during
+fine-tuning lowers the spread of dev scores across seeds. Variant ``"cross_head"`` turns it on
+(see :mod:`skipxl.glue.cross_head_attention`); ``"baseline"`` is the stock model.
+
+Seeds: ``init_seed`` seeds the classifier-head initialisation, the dropout stream and (offset)
+the cross-head generator; ``data_seed`` alone decides the order of training examples.
+DeepSpeed gets a torch AdamW client optimizer (hence ``zero_allow_untested_optimizer``) and a
+``LambdaLR`` that it steps once per optimizer step; precision (bf16/fp16) and ZeRO stage come
+from the ds config (``"auto"``: ``cpu`` on CPU, ``zero2_bf16`` on GPU).
+"""
+
+from __future__ import annotations
+
+import math
+import random
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from skipxl.config_io import save_json, to_dict
+from skipxl.engine.distributed import ensure_accelerator_env, ensure_launch_env
+from skipxl.engine.ds_config import build_ds_config, precision_of, resolve_batch, zero_stage_of
+from skipxl.errors import SkipxlError, require
+from skipxl.glue.metrics import compute_metrics
+from skipxl.glue.runlog import RESULT_FILE, RunLogger, build_meta, write_marker
+from skipxl.glue.tasks import GlueSplit, TaskSpec, get_task, load_split
+from skipxl.model.heads import CROSS_HEAD_MODES, CrossHeadConfig
+
+VARIANTS = ("baseline", "cross_head")
+#: The cross-head generator is seeded with init_seed + this, away from the dropout stream's seed.
+CROSS_HEAD_SEED_OFFSET = 1_000_003
+
+
+class RunDiverged(RuntimeError):
+    """The training loss became NaN/inf: the run is recorded as failed."""
+
+
+@dataclass(frozen=True)
+class FinetuneConfig:
+    """One fine-tuning run. Defaults are the standard BERT GLUE recipe."""
+
+    task: str = "mrpc"
+    model: str = "minilm"
+    variant: str = "baseline"
+    beta: float = 0.1
+    mode: str = "permutation"
+    attn_base: str = "sdpa"
+    init_seed: int = 0
+    data_seed: int = 0
+    lr: float = 2e-5
+    batch_size: int = 32
+    epochs: int = 3
+    max_length: int = 128
+    warmup_ratio: float = 0.1
+    weight_decay: float = 0.01
+    adam_eps: float = 1e-8
+    grad_clip: float = 1.0
+    max_steps: int | None = None
+    micro_batch: int | None = None
+    grad_accum: int | None = None
+    ds_config: str = "auto"
+    glue_dir: str | None = None
+    data_source: str = "local"
+    eval_batch_size: int = 64
+    eval_each_epoch: bool = True
+    log_every: int = 10
+    max_train_examples: int | None = None
+    max_eval_examples: int | None = None
+    dropout: float | None = None
+
+    def __post_init__(self) -> None:
+        get_task(self.task)
+        require(self.variant in VARIANTS, f"variant {self.variant!r} is unknown; choose one of {VARIANTS}")
+        CrossHeadConfig(beta=self.beta, mode=self.mode)  # validates beta and mode
+        require(
+            self.mode in CROSS_HEAD_MODES, f"mode {self.mode!r} is unknown; choose one of {CROSS_HEAD_MODES}"
+        )
+        require(
+            self.attn_base in ("sdpa", "eager"), f"attn_base {self.attn_base!r}: choose 'sdpa' or 'eager'"
+        )
+        require(self.lr > 0, f"lr must be positive, got {self.lr}")
+        require(self.batch_size > 0, f"batch_size must be positive, got {self.batch_size}")
+        require(self.epochs > 0, f"epochs must be positive, got {self.epochs}")
+        require(2 <= self.max_length <= 512, f"max_length must be in [2, 512], got {self.max_length}")
+        require(0.0 <= self.warmup_ratio < 1.0, f"warmup_ratio must be in [0, 1), got {self.warmup_ratio}")
+        require(
+            self.max_steps is None or self.max_steps > 0, f"max_steps must be positive, got {self.max_steps}"
+        )
+        require(self.eval_batch_size > 0, "eval_batch_size must be positive")
+        require(self.log_every > 0, "log_every must be positive")
+        require(
+            self.data_source in ("local", "hub"), f"data_source {self.data_source!r}: choose 'local' or 'hub'"
+        )
+        require(self.init_seed >= 0 and self.data_seed >= 0, "seeds must be non-negative integers")
+
+    @property
+    def cross_head(self) -> CrossHeadConfig | None:
+        """The cross-head settings of this variant (``None`` for the baseline)."""
+        return CrossHeadConfig(beta=self.beta, mode=self.mode) if self.variant == "cross_head" else None
+
+    @property
+    def spec(self) -> TaskSpec:
+        return get_task(self.task)
+
+
+def linear_warmup_decay(warmup_steps: int, total_steps: int):
+    """LR factor: linear 0 -> 1 over ``warmup_steps``, then linear 1 -> 0 at ``total_steps``."""
+
+    def factor(step: int) -> float:
+        if step < warmup_steps:
+            return step / max(1, warmup_steps)
+        return max(0.0, (total_steps - step) / max(1, total_steps - warmup_steps))
+
+    return factor
+
+
+def seed_everything(seed: int) -> None:
+    """Seed python, numpy and torch (all devices) with one integer."""
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def resolve_ds_name(name: str) -> str:
+    """``"auto"`` -> ``cpu`` on CPU, ``zero2_bf16`` on a GPU; anything else unchanged."""
+    if name != "auto":
+        return name
+    return "zero2_bf16" if torch.cuda.is_available() else "cpu"
+
+
+@dataclass(frozen=True)
+class Encoded:
+    """Tokenised split: ragged token ids (and segment ids) plus labels."""
+
+    input_ids: list[list[int]]
+    token_type_ids: list[list[int]] | None
+    labels: list[int | float]
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+
+def encode(tokenizer: Any, split: GlueSplit, max_length: int, limit: int | None = None) -> Encoded:
+    """Tokenise ``[CLS] a [SEP] b [SEP]`` with longest-first truncation to ``max_length``."""
+    examples = split.examples[:limit] if limit else split.examples
+    if not examples:
+        raise SkipxlError(f"{split.task} {split.split} has no examples ({split.source})")
+    a = [ex.text_a for ex in examples]
+    b = [ex.text_b for ex in examples] if examples[0].text_b is not None else None
+    enc = tokenizer(a, b, truncation=True, max_length=max_length)
+    return Encoded(
+        input_ids=enc["input_ids"],
+        token_type_ids=enc.get("token_type_ids"),
+        labels=[ex.label for ex in examples],
+    )
+
+
+def collate(data: Encoded, indices: list[int], pad_id: int, regression: bool) -> dict[str, torch.Tensor]:
+    """Pad one batch to its longest sequence (dynamic padding: no wasted compute on CPU)."""
+    length = max(len(data.input_ids[i]) for i in indices)
+    ids = torch.full((len(indices), length), pad_id, dtype=torch.long)  # [b, L]
+    mask = torch.zeros((len(indices), length), dtype=torch.long)  # [b, L]
+    types = torch.zeros((len(indices), length), dtype=torch.long)  # [b, L]
+    for row, i in enumerate(indices):
+        n = len(data.input_ids[i])
+        ids[row, :n] = torch.tensor(data.input_ids[i])
+        mask[row, :n] = 1
+        if data.token_type_ids is not None:
+            types[row, :n] = torch.tensor(data.token_type_ids[i])
+    batch = {"input_ids": ids, "attention_mask": mask}
+    if data.token_type_ids is not None:
+        batch["token_type_ids"] = types
+    label_dtype = torch.float32 if regression else torch.long
+    batch["labels"] = torch.tensor([data.labels[i] for i in indices], dtype=label_dtype)  # [b]
+    return batch
+
+
+def loss_of(logits: torch.Tensor, labels: torch.Tensor, regression: bool) -> torch.Tensor:
+    """Cross-entropy (or MSE for STS-B) computed in fp32 whatever the model precision."""
+    if regression:
+        return torch.nn.functional.mse_loss(logits.float().squeeze(-1), labels.float())  # [b] vs [b]
+    return torch.nn.functional.cross_entropy(logits.float(), labels)  # [b, C] vs [b]
+
+
+def param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict[str, Any]]:
+    """AdamW groups: no weight decay on biases and LayerNorm weights (BERT convention)."""
+    decay, no_decay = [], []
+    for name, param in model.named_parameters():
+        if not param.requires_grad:
+            continue
+        (no_decay if param.ndim < 2 or "LayerNorm" in name or "layer_norm" in name else decay).append(param)
+    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+
+
+@torch.no_grad()
+def predict(engine: Any, data: Encoded, spec: TaskSpec, pad_id: int, batch_size: int) -> list[int | float]:
+    """Predictions in example order; batches are length-sorted to limit padding."""
+    engine.eval()
+    order = sorted(range(len(data)), key=lambda i: len(data.input_ids[i]))
+    preds: list[int | float] = [0] * len(data)
+    for start in range(0, len(order), batch_size):
+        chunk = order[start : start + batch_size]
+        batch = collate(data, chunk, pad_id, spec.is_regression)
+        batch.pop("labels")
+        logits = engine(**{k: v.to(engine.device) for k, v in batch.items()}).logits.float()  # [b, C]
+        out = logits.squeeze(-1).tolist() if spec.is_regression else logits.argmax(-1).tolist()
+        for i, p in zip(chunk, out, strict=True):
+            preds[i] = p
+    engine.train()
+    return preds
+
+
+def evaluate(
+    engine: Any, evals: dict[str, tuple[str, Encoded]], spec: TaskSpec, pad_id: int, bs: int
+) -> tuple[dict[str, float], int]:
+    """Every eval split's metrics, and how many distinct classes the first split predicted."""
+    metrics: dict[str, float] = {}
+    n_classes = 0
+    for i, (suffix, data) in enumerate(evals.values()):
+        preds = predict(engine, data, spec, pad_id, bs)
+        metrics.update(compute_metrics(spec, preds, data.labels, suffix))
+        if i == 0:
+            n_classes = 0 if spec.is_regression else len(set(preds))
+    return metrics, n_classes
+
+
+def finetune(cfg: FinetuneConfig, run_dir: str | Path) -> dict[str, Any]:
+    """Train one run into ``run_dir``; return (and write as result.json) its final metrics."""
+    t_start = time.time()
+    ensure_accelerator_env()
+    world = ensure_launch_env()
+    import deepspeed
+
+    from skipxl.glue.model import load_classifier, load_tokenizer
+
+    run_dir = Path(run_dir)
+    spec = cfg.spec
+    tokenizer = load_tokenizer(cfg.model)
+    pad_id = int(tokenizer.pad_token_id or 0)
+    train_split = load_split(spec, "train", glue_dir=cfg.glue_dir, source=cfg.data_source)
+    train = encode(tokenizer, train_split, cfg.max_length, cfg.max_train_examples)
+    evals = {
+        split: (
+            suffix,
+            encode(
+                tokenizer,
+                load_split(spec, split, glue_dir=cfg.glue_dir, source=cfg.data_source),
+                cfg.max_length,
+                cfg.max_eval_examples,
+            ),
+        )
+        for split, suffix in spec.eval_splits
+    }
+
+    micro, accum = resolve_batch(cfg.batch_size, cfg.micro_batch, cfg.grad_accum, world.world_size)
+    ds_name = resolve_ds_name(cfg.ds_config)
+    ds_cfg = build_ds_config(
+        ds_name,
+        micro_batch=micro,
+        grad_accum=accum,
+        world_size=world.world_size,
+        overrides={"gradient_clipping": cfg.grad_clip},
+    )
+    steps_per_epoch = len(train) // cfg.batch_size
+    if steps_per_epoch == 0:
+        raise SkipxlError(
+            f"{len(train)} training examples are fewer than one batch of {cfg.batch_size}; "
+            "lower --batch_size or use more data"
+        )
+    total_steps = cfg.epochs * steps_per_epoch
+    if cfg.max_steps is not None:
+        total_steps = min(total_steps, cfg.max_steps)
+    warmup_steps = math.ceil(cfg.warmup_ratio * total_steps)
+
+    seed_everything(cfg.init_seed)
+    model = load_classifier(
+        cfg.model,
+        num_labels=spec.num_labels,
+        init_seed=cfg.init_seed,
+        cross_head=cfg.cross_head,
+        cross_head_seed=cfg.init_seed + CROSS_HEAD_SEED_OFFSET,
+        attn_base=cfg.attn_base,
+        dropout=cfg.dropout,
+    )
+    optimizer = torch.optim.AdamW(param_groups(model, cfg.weight_decay), lr=cfg.lr, eps=cfg.adam_eps)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, linear_warmup_decay(warmup_steps, total_steps))
+    engine, _, _, _ = deepspeed.initialize(
+        model=model, optimizer=optimizer, lr_scheduler=scheduler, config=ds_cfg
+    )
+    torch.manual_seed(cfg.init_seed)  # the dropout stream starts from the init seed, whatever ran before
+
+    main = world.is_main
+    logger = RunLogger(run_dir, enabled=main)
+    if main:
+        save_json(cfg, run_dir / "config.json")
+        save_json(
+            build_meta(
+                seeds={
+                    "init_seed": cfg.init_seed,
+                    "data_seed": cfg.data_seed,
+                    "cross_head_seed": cfg.init_seed + CROSS_HEAD_SEED_OFFSET if cfg.cross_head else None,
+                },
+                world_size=world.world_size,
+                micro_batch=micro,
+                grad_accum=accum,
+                ds_config_name=ds_name,
+                ds_config=ds_cfg,
+                precision=precision_of(ds_cfg),
+                zero_stage=zero_stage_of(ds_cfg),
+                device=str(engine.device),
+                torch_threads=torch.get_num_threads(),
+                steps_per_epoch=steps_per_epoch,
+                total_steps=total_steps,
+                warmup_steps=warmup_steps,
+                train_examples=len(train),
+                eval_examples={k: len(v) for k, (_, v) in evals.items()},
+                skipped_rows=train_split.skipped,
+                data_source=train_split.source,
+            ),
+            run_dir / "meta.json",
+        )
+
+    order_gen = torch.Generator().manual_seed(cfg.data_seed)
+    step, running, n_running = 0, 0.0, 0
+    last_loss = math.nan
+    t_train = time.time()
+    metrics: dict[str, float] = {}
+    n_pred_classes = 0
+    engine.train()
+    for epoch in range(cfg.epochs):
+        perm = torch.randperm(len(train), generator=order_gen).tolist()  # same order on every rank
+        for s in range(steps_per_epoch):
+            chunk = perm[s * cfg.batch_size : (s + 1) * cfg.batch_size]
+            step_loss = 0.0
+            for a in range(accum):  # rank r, micro step a: a fixed slice of the global batch
+                lo = (a * world.world_size + world.rank) * micro
+                batch = {
+                    k: v.to(engine.device)
+                    for k, v in collate(train, chunk[lo : lo + micro], pad_id, spec.is_regression).items()
+                }
+                labels = batch.pop("labels")
+                loss = loss_of(engine(**batch).logits, labels, spec.is_regression)
+                engine.backward(loss)
+                engine.step()  # DeepSpeed steps optimizer + LambdaLR at the accumulation boundary
+                step_loss += float(loss.detach()) / accum
+            if world.world_size > 1:
+                t = torch.tensor([step_loss], device=engine.device)
+                torch.distributed.all_reduce(t)
+                step_loss = float(t) / world.world_size
+            if not math.isfinite(step_loss):
+                logger.close()
+                raise RunDiverged(f"training loss is {step_loss} at step {step + 1}")
+            step += 1
+            running, n_running, last_loss = running + step_loss, n_running + 1, step_loss
+            if step % cfg.log_every == 0 or step == total_steps:
+                logger.log(
+                    step,
+                    "train",
+                    {"loss": running / n_running, "lr": scheduler.get_last_lr()[0]},
+                    epoch=epoch,
+                    elapsed_s=round(time.time() - t_train, 2),
+                )
+                running, n_running = 0.0, 0
+            if step >= total_steps:
+                break
+        last = step >= total_steps
+        if cfg.eval_each_epoch or last:
+            metrics, n_pred_classes = evaluate(engine, evals, spec, pad_id, cfg.eval_batch_size)
+            logger.log(step, "dev", metrics, epoch=epoch, elapsed_s=round(time.time() - t_train, 2))
+        if last:
+            break
+    train_time = time.time() - t_train
+    logger.close()
+
+    result = {
+        "task": spec.name,
+        "variant": cfg.variant,
+        "init_seed": cfg.init_seed,
+        "data_seed": cfg.data_seed,
+        "model": cfg.model,
+        "metrics": metrics,
+        "primary_metric": spec.primary,
+        "primary": metrics[spec.primary],
+        "steps": step,
+        "total_steps": total_steps,
+        "final_train_loss": last_loss,
+        "pred_classes": n_pred_classes,
+        "degenerate": (not spec.is_regression) and n_pred_classes <= 1,
+        "train_time_s": round(train_time, 2),
+        "wall_time_s": round(time.time() - t_start, 2),
+        "world_size": world.world_size,
+        "precision": precision_of(ds_cfg),
+    }
+    if main:
+        write_marker(run_dir, RESULT_FILE, to_dict(result))
+    if hasattr(engine, "destroy"):
+        engine.destroy()
+    return result
