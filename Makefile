@@ -1,0 +1,42 @@
+# skipxl - the README's two commands:
+#   make demo   train `tiny` (all four variants) on the built-in corpus through DeepSpeed on CPU,
+#               evaluate with the Transformer-XL protocol, print the comparison table
+#   make test   the test suite (pytest, DeepSpeed on CPU)
+# Both create .venv on first use (python3 -m venv + pip install -e '.[dev]'); a stamp file makes
+# later calls skip the install. PIP_INSTALL_ARGS passes extra pip options, e.g. a CPU-only torch
+# index: make test PIP_INSTALL_ARGS="--extra-index-url https://download.pytorch.org/whl/cpu"
+
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.skipxl-installed
+PIP_INSTALL_ARGS ?=
+DEMO_DIR ?= runs/demo
+DEMO_VARIANTS ?= baseline skip_retain cross_head combined
+# Tiny models on few cores: one intra-op thread is fastest and immune to oversubscription.
+RUN_ENV := DS_ACCELERATOR=cpu OMP_NUM_THREADS=1
+
+.PHONY: demo test venv clean-demo
+
+venv: $(STAMP)
+
+$(STAMP): pyproject.toml
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install $(PIP_INSTALL_ARGS) -e '.[dev]'
+	@touch $(STAMP)
+
+demo: $(STAMP)
+	@rm -rf $(DEMO_DIR)
+	@for v in $(DEMO_VARIANTS); do \
+	  echo "== tiny / $$v on the built-in corpus (DeepSpeed, CPU)"; \
+	  $(RUN_ENV) $(PY) recipes/wt103.py --corpus builtin --preset tiny --variant $$v \
+	    --out $(DEMO_DIR)/$$v || exit 1; \
+	done
+	@echo
+	@$(RUN_ENV) $(VENV)/bin/skipxl compare $(addprefix $(DEMO_DIR)/,$(DEMO_VARIANTS)) --png $(DEMO_DIR)/compare.png
+
+test: $(STAMP)
+	$(RUN_ENV) $(PY) -m pytest -q tests/
+
+clean-demo:
+	rm -rf $(DEMO_DIR)

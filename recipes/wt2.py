@@ -1,0 +1,31 @@
+#!/usr/bin/env python
+"""Recipe: Transformer-XL and the paper's variants (arXiv 2311.08123) on
+WikiText-2 (word level; a CPU-sized preset).
+
+One process (CPU or one GPU)::
+
+    python recipes/wt2.py --preset small --variant skip_retain \\
+        --data_dir ../shared/data/wikitext-2 --out runs/wt2-small-skip
+
+Several GPUs / nodes (DeepSpeed launcher; --hostfile for several nodes)::
+
+    deepspeed --num_gpus 8 recipes/wt2.py --preset small --variant skip_retain \\
+        --data_dir ../shared/data/wikitext-2 --out runs/wt2-small-skip --ds_config zero2_bf16
+
+Smoke test on the embedded corpus:
+``python recipes/wt2.py --corpus builtin --preset tiny --max_steps 20``.
+All flags: ``python recipes/wt2.py --help`` (see skipxl.engine.recipe for the defaults).
+"""
+
+import sys
+from pathlib import Path
+
+try:
+    import skipxl  # noqa: F401
+except ModuleNotFoundError:  # running from a checkout without `pip install -e .`
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from skipxl.cli import recipe_main
+
+if __name__ == "__main__":
+    sys.exit(recipe_main("wt2"))

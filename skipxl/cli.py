@@ -1,0 +1,350 @@
+"""The ``skipxl`` command (python-fire).
+
+::
+
+    skipxl train --recipe wt103 --preset base --variant combined --data_dir ... --out runs/x
+    skipxl eval RUN_DIR [--split test] [--tgt_len 64 --mem_len 640 --clamp_len 400 --same_length]
+    skipxl compare RUN_DIR [RUN_DIR ...] [--group] [--png curves.png]
+    skipxl data prepare --corpus wt103 --data_dir data/wikitext-103
+    skipxl export RUN_DIR
+    skipxl memory ...                 (skipxl.profiling)
+    skipxl glue-report SWEEP_DIR      (skipxl.glue)
+
+Every user mistake is one line ``error: ...`` on stderr and exit status 2; ``--help``
+works on every command (also where a command takes free-form config flags).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from skipxl.errors import SkipxlError
+
+
+def _coerce(name: str, value: Any, tp: Any) -> Any:
+    from skipxl.engine.flags import coerce
+
+    return coerce(name, value, tp)
+
+
+def train(
+    recipe: str = "builtin",
+    preset: str | None = None,
+    variant: str = "baseline",
+    data_dir: str | None = None,
+    out: str | None = None,
+    ds_config: str | None = None,
+    max_steps: int | None = None,
+    seed: int | None = None,
+    micro_batch: int | None = None,
+    grad_accum: int | None = None,
+    corpus: str | None = None,
+    pskip: Any = None,
+    beta: Any = None,
+    resume: bool = False,
+    stop_at_step: int | None = None,
+    config: str | None = None,
+    dry_run: bool = False,
+    progress: bool = True,
+    **overrides: Any,
+) -> None:
+    """Train Transformer-XL (or a paper variant) through DeepSpeed and evaluate it.
+
+    Args:
+        recipe: wt103 | enwik8 | text8 | wt2 | builtin (the original settings of each).
+        preset: model size within the recipe (wt103: base, large, sch, tiny; enwik8/text8: base,
+            large, tiny; wt2: small, tiny; builtin: tiny).
+        variant: baseline | skip_retain | cross_head | combined (arXiv 2311.08123).
+        data_dir: folder with the corpus files (not needed for --corpus builtin).
+        out: run folder to create (config.json, metrics.jsonl, tb/, checkpoints/, results.json).
+        ds_config: DeepSpeed JSON: a name from ds_configs/ (cpu, zero2_bf16, ...) or a path.
+        max_steps: optimizer steps (also the cosine period).
+        seed: global seed (dropout stream per rank = seed + 1000 * rank; skip/cross-head draws
+            use plan_seed, which defaults to the seed and is the same on every rank).
+        micro_batch: streams per rank per micro-step; with grad_accum and the world size it must
+            multiply to the global batch (--global_batch).
+        grad_accum: micro-steps per optimizer step.
+        corpus: builtin to smoke-test any recipe on the embedded corpus.
+        pskip: Skip-Retain probability: a number (p of the linear schedule p*l/N) or a per-layer list.
+        beta: cross-head mixing probability.
+        resume: continue the run in --out from its latest checkpoint (same settings, exact).
+        stop_at_step: save a checkpoint and stop at this step (continue later with --resume).
+        config: start from a saved config.json (with --out, --seed, --max_steps changes).
+        dry_run: print the resolved configuration and exit.
+        progress: show the progress bar.
+        overrides: any config field: --lr, --warmup_steps, --dropout, --mem_len, --eval_mem_len,
+            --eval_same_length, --phase1_steps, --phase1_fraction, --phase1_patience, ...
+    """
+    from skipxl.engine.recipe import run
+
+    flags = dict(
+        preset=preset,
+        variant=variant,
+        data_dir=data_dir,
+        out=out,
+        ds_config=ds_config,
+        max_steps=max_steps,
+        seed=seed,
+        micro_batch=micro_batch,
+        grad_accum=grad_accum,
+        corpus=corpus,
+        pskip=pskip,
+        beta=beta,
+        **overrides,
+    )
+    if resume:
+        flags = {k: v for k, v in flags.items() if v is not None and not (k == "variant" and v == "baseline")}
+    else:
+        flags = {k: v for k, v in flags.items() if v is not None or k in ("variant",)}
+    result = run(
+        _coerce("recipe", recipe, str),
+        resume=resume,
+        stop_at_step=stop_at_step,
+        progress=progress,
+        dry_run=dry_run,
+        config=config,
+        **flags,
+    )
+    if dry_run or result is None or not hasattr(result, "finished"):
+        return
+    if os.environ.get("RANK", "0") != "0":
+        return
+    if result.finished:
+        print(
+            json.dumps(
+                {
+                    "run_dir": str(result.run_dir),
+                    "step": result.step,
+                    **{k: v for k, v in result.final.items() if isinstance(v, (int, float))},
+                },
+                sort_keys=True,
+            )
+        )
+        return
+    print(
+        f"stopped at step {result.step} ({result.interrupted_by}); "
+        f"resume with --resume --out {result.run_dir}",
+        file=sys.stderr,
+    )
+    if result.interrupted_by in ("SIGTERM", "SIGINT"):
+        raise SystemExit(128 + int(getattr(signal, result.interrupted_by)))
+
+
+def eval_(
+    run_dir: str,
+    split: str = "test",
+    tgt_len: int | None = None,
+    mem_len: int | None = None,
+    clamp_len: int | None = None,
+    same_length: bool | None = None,
+    ext_len: int | None = None,
+    batch_size: int | None = None,
+    max_batches: int | None = None,
+    tag: str | None = None,
+    device: str | None = None,
+) -> None:
+    """Evaluate a run's latest checkpoint with the Transformer-XL protocol; print and save the metrics.
+
+    Args:
+        run_dir: a training run folder.
+        split: valid or test.
+        tgt_len: segment length (default: the run's eval config).
+        mem_len: memory length (longer = more context).
+        clamp_len: clamp relative distances beyond this (-1 = off).
+        same_length: every query attends to the same number of keys.
+        ext_len: extended context (normally 0).
+        batch_size: parallel evaluation streams.
+        max_batches: score only this many segments per stream (quick look).
+        tag: checkpoint folder name (default: latest).
+        device: cpu or cuda (default: cuda when available).
+    """
+    from skipxl.engine.distributed import ensure_accelerator_env
+    from skipxl.engine.evaluate import evaluate_run
+
+    ensure_accelerator_env()  # DeepSpeed's checkpoint reader may be imported
+
+    overrides = {}
+    for name, value, tp in (
+        ("tgt_len", tgt_len, int),
+        ("mem_len", mem_len, int),
+        ("clamp_len", clamp_len, int),
+        ("same_length", same_length, bool),
+        ("ext_len", ext_len, int),
+        ("batch_size", batch_size, int),
+    ):
+        if value is not None:
+            overrides[name] = _coerce(name, value, tp)
+    row = evaluate_run(
+        _coerce("run_dir", run_dir, str),
+        split=_coerce("split", split, str),
+        overrides=overrides,
+        max_batches=_coerce("max_batches", max_batches, int | None),
+        tag=_coerce("tag", tag, str | None),
+        device=_coerce("device", device, str | None),
+    )
+    print(json.dumps(row, indent=2, sort_keys=True))
+
+
+def compare(*run_dirs: str, png: str | None = None, group: bool = False) -> None:
+    """Markdown table (variant, params, best val, test, tokens/s, peak memory) + PNG of validation curves.
+
+    Args:
+        run_dirs: run folders, or folders that contain run folders.
+        png: where to write the validation-curve plot (default: <parent of the first run>/compare.png).
+        group: average runs that differ only in the seed (mean ± std).
+    """
+    from skipxl.engine.compare import compare as _compare
+
+    print(
+        _compare(
+            [_coerce("run_dir", d, str) for d in run_dirs],
+            png=_coerce("png", png, str | None),
+            group=_coerce("group", group, bool),
+        )
+    )
+
+
+def data_prepare(
+    corpus: str = "builtin",
+    data_dir: str | None = None,
+    source: str = "local",
+    rebuild: bool = False,
+    **options: Any,
+) -> None:
+    """Encode a corpus once and cache it (later loads are memory-mapped).
+
+    Args:
+        corpus: builtin | wt103 | wt2 | enwik8 | text8 | txt.
+        data_dir: folder holding the corpus files.
+        source: local (files in data_dir) or hub (WikiText from the Hugging Face hub; needs network).
+        rebuild: re-encode even when the cache is valid.
+        options: other DataConfig fields (vocab, spm_model, char_convention, cache_dir, ...).
+    """
+    from skipxl.config_io import from_dict
+    from skipxl.data import DataConfig, prepare
+
+    fields = {
+        "corpus": _coerce("corpus", corpus, str),
+        "data_dir": _coerce("data_dir", data_dir, str | None),
+        "source": _coerce("source", source, str),
+        **options,
+    }
+    summary = prepare(from_dict(DataConfig, fields), rebuild=_coerce("rebuild", rebuild, bool))
+    print(json.dumps(summary, indent=2, sort_keys=True, default=str))
+
+
+def export(run_dir: str, tag: str | None = None, out: str | None = None) -> None:
+    """Write a plain fp32 state_dict (model.pt) and config.json for inference, without DeepSpeed.
+
+    Args:
+        run_dir: a training run folder.
+        tag: checkpoint folder name (default: latest).
+        out: destination folder (default: RUN_DIR/export).
+    """
+    from skipxl.engine.checkpoint import export as _export
+    from skipxl.engine.distributed import ensure_accelerator_env
+
+    ensure_accelerator_env()
+
+    path = _export(
+        Path(_coerce("run_dir", run_dir, str)),
+        tag=_coerce("tag", tag, str | None),
+        out=None if out is None else Path(_coerce("out", out, str)),
+    )
+    print(str(path))
+
+
+def _lazy(module: str, attr: str, what: str) -> Any:
+    import importlib
+
+    try:
+        mod = importlib.import_module(module)
+    except ModuleNotFoundError as exc:
+        if exc.name and module.startswith(exc.name):
+            raise SkipxlError(
+                f"`skipxl {what}` needs {module}, which is not installed in this checkout"
+            ) from None
+        raise
+    return getattr(mod, attr)
+
+
+def memory(*args: Any, **kwargs: Any) -> Any:
+    """Memory accounting of Transformer-XL variants (skipxl.profiling.cli.memory; see its --help)."""
+    return _lazy("skipxl.profiling.cli", "memory", "memory")(*args, **kwargs)
+
+
+def glue_report(*args: Any, **kwargs: Any) -> Any:
+    """Report of a BERT + cross-head GLUE seed sweep (skipxl.glue.report.glue_report)."""
+    return _lazy("skipxl.glue.report", "glue_report", "glue-report")(*args, **kwargs)
+
+
+COMMANDS: dict[str, Any] = {
+    "train": train,
+    "eval": eval_,
+    "compare": compare,
+    "data": {"prepare": data_prepare},
+    "export": export,
+    "memory": memory,
+    "glue-report": glue_report,
+    "glue_report": glue_report,
+}
+
+
+def _help_argv(argv: list[str]) -> list[str]:
+    """Route ``--help``/``-h`` to fire's help even for commands that accept free-form flags."""
+    if any(a in ("--help", "-h") for a in argv) and "--" not in argv:
+        # keep only the command words: fire would otherwise *run* the command with the other flags
+        # and then describe its result
+        words = []
+        for a in argv:
+            if a.startswith("-") or a not in _command_words():
+                break
+            words.append(a)
+        return [*words, "--", "--help"]
+    return argv
+
+
+def _command_words() -> set[str]:
+    words = set()
+    for key, value in COMMANDS.items():
+        words.add(key)
+        if isinstance(value, dict):
+            words.update(value)
+    return words
+
+
+def main(argv: Sequence[str] | None = None, *, name: str = "skipxl") -> int:
+    """Entry point of the console script; returns the exit status."""
+    import fire
+
+    argv = list(sys.argv[1:] if argv is None else argv)
+    try:
+        fire.Fire(COMMANDS, command=_help_argv(argv), name=name)
+    except SkipxlError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except fire.core.FireExit as exc:
+        return int(exc.code or 0)
+    except KeyboardInterrupt:
+        print("error: interrupted", file=sys.stderr)
+        return 130
+    return 0
+
+
+def recipe_main(recipe: str, argv: Sequence[str] | None = None) -> int:
+    """Entry point of ``recipes/<recipe>.py``: ``skipxl train --recipe <recipe>`` with the script's flags."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv and not argv[0].startswith("-"):
+        print(f"error: recipes take only --flags (got {argv[0]!r}); see --help", file=sys.stderr)
+        return 2
+    return main(["train", f"--recipe={recipe}", *argv], name=Path(sys.argv[0]).name)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

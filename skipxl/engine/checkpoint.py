@@ -1,0 +1,294 @@
+"""Checkpoints that resume exactly and never corrupt the last good one; fp32 export.
+
+Layout under ``RUN_DIR/checkpoints/``::
+
+    latest                    text file naming the newest *complete* tag (replaced atomically)
+    step_00001000/            one DeepSpeed checkpoint (model, optimizer, lr scheduler)
+        mp_rank_00_model_states.pt ...        written by ``engine.save_checkpoint`` on every rank
+        skipxl_rank_00000.pt ...              our per-rank state: RNGs, memories, data position
+
+Why per-rank files: DeepSpeed stores ``client_state`` only in the data-parallel rank-0 model
+file, but resuming Transformer-XL exactly needs each rank's own state: its dropout RNG, the
+memory of each of its streams (one :class:`~skipxl.model.memory.Memory` per micro-step) and
+its iterator position.
+
+Crash safety: every rank writes into ``tmp_step_N/``; after a barrier the folder is renamed
+to ``step_N/`` and only then is ``latest`` replaced (write a temporary file, ``os.replace``).
+A crash at any point leaves ``latest`` naming a complete checkpoint.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import random
+import re
+import shutil
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from skipxl.errors import SkipxlError
+
+LATEST = "latest"
+TAG_RE = re.compile(r"^step_(\d+)$")
+RANK_FILE = "skipxl_rank_{rank:05d}.pt"
+
+
+def tag_for(step: int) -> str:
+    return f"step_{step:08d}"
+
+
+# ----------------------------------------------------------------------------- RNG state
+
+
+def rng_state() -> dict[str, Any]:
+    """Every RNG a training step may consume (python, numpy, torch CPU, CUDA when present)."""
+    state: dict[str, Any] = {
+        "python": random.getstate(),
+        "numpy": np.random.get_state(),
+        "torch": torch.get_rng_state(),
+    }
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict[str, Any]) -> None:
+    random.setstate(state["python"])
+    np.random.set_state(state["numpy"])
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+# ----------------------------------------------------------------------------- pointer helpers
+
+
+def read_latest(ckpt_dir: Path) -> str | None:
+    """The tag ``latest`` names, or None when there is no complete checkpoint."""
+    path = Path(ckpt_dir) / LATEST
+    if not path.is_file():
+        return None
+    tag = path.read_text().strip()
+    return tag or None
+
+
+def _write_latest(ckpt_dir: Path, tag: str) -> None:
+    path = Path(ckpt_dir) / LATEST
+    tmp = path.with_name(f".{LATEST}.tmp")
+    with tmp.open("w") as fh:
+        fh.write(tag)
+        fh.flush()
+        os.fsync(fh.fileno())
+    os.replace(tmp, path)
+
+
+def _prune(ckpt_dir: Path, keep: int, protect: str) -> None:
+    tags = sorted(p.name for p in Path(ckpt_dir).iterdir() if p.is_dir() and TAG_RE.match(p.name))
+    for tag in tags[:-keep] if keep > 0 else []:
+        if tag != protect:
+            shutil.rmtree(Path(ckpt_dir) / tag, ignore_errors=True)
+    for stale in Path(ckpt_dir).glob("tmp_step_*"):
+        if stale.is_dir() and stale.name != f"tmp_{protect}":
+            shutil.rmtree(stale, ignore_errors=True)
+
+
+def _barrier() -> None:
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        torch.distributed.barrier()
+
+
+# ----------------------------------------------------------------------------- save / load
+
+
+def save(
+    engine: Any,
+    ckpt_dir: Path,
+    *,
+    step: int,
+    client_state: dict[str, Any],
+    rank_state: dict[str, Any],
+    rank: int,
+    local_rank: int,
+    keep: int = 2,
+) -> str:
+    """Save a checkpoint on every rank (collective); return its tag.
+
+    ``client_state`` (global: step, phase, configs) goes into DeepSpeed's model file;
+    ``rank_state`` (this rank's RNGs, memories, iterator) into our per-rank file.
+    """
+    ckpt_dir = Path(ckpt_dir)
+    tag = tag_for(step)
+    tmp_tag = f"tmp_{tag}"
+    if local_rank == 0:
+        ckpt_dir.mkdir(parents=True, exist_ok=True)
+        shutil.rmtree(ckpt_dir / tmp_tag, ignore_errors=True)
+    _barrier()
+    engine.save_checkpoint(str(ckpt_dir), tag=tmp_tag, client_state=client_state, save_latest=False)
+    rank_path = ckpt_dir / tmp_tag / RANK_FILE.format(rank=rank)
+    torch.save(rank_state, rank_path.with_suffix(".pt.tmp"))
+    os.replace(rank_path.with_suffix(".pt.tmp"), rank_path)
+    _barrier()
+    # One process per node finalises (on a shared file system the first one wins; the rename of
+    # a folder that is already gone is harmless).
+    if local_rank == 0 and (ckpt_dir / tmp_tag).is_dir():
+        final = ckpt_dir / tag
+        if final.exists() and read_latest(ckpt_dir) != tag:
+            shutil.rmtree(final)
+        if not final.exists():
+            with contextlib.suppress(FileNotFoundError):
+                os.replace(ckpt_dir / tmp_tag, final)
+        else:  # the same step was saved before (e.g. a signal right after a periodic save)
+            shutil.rmtree(ckpt_dir / tmp_tag, ignore_errors=True)
+        _write_latest(ckpt_dir, tag)
+        _prune(ckpt_dir, keep, protect=tag)
+    _barrier()
+    return tag
+
+
+def _check_readable(path: Path) -> None:
+    """Cheap integrity check before a collective load: ``torch.save`` files are zip archives."""
+    import zipfile
+
+    if not zipfile.is_zipfile(path):
+        raise SkipxlError(
+            f"checkpoint file {path} is unreadable (not a torch.save archive: truncated or damaged); "
+            "delete that checkpoint folder and point 'latest' at an older one"
+        )
+
+
+def resolve_tag(ckpt_dir: Path, tag: str | None = None) -> str:
+    """The tag to load (``latest`` when None), with a clear error when there is none."""
+    ckpt_dir = Path(ckpt_dir)
+    tag = tag or read_latest(ckpt_dir)
+    if tag is None:
+        raise SkipxlError(f"no checkpoint in {ckpt_dir} (no '{LATEST}' file); train first or drop --resume")
+    if not (ckpt_dir / tag).is_dir():
+        raise SkipxlError(
+            f"checkpoint {ckpt_dir / tag} named by '{LATEST}' is missing; "
+            f"fix {ckpt_dir / LATEST} to name an existing step folder"
+        )
+    return tag
+
+
+def load(
+    engine: Any, ckpt_dir: Path, *, rank: int, map_location: Any = "cpu", tag: str | None = None
+) -> tuple[dict[str, Any], dict[str, Any], str]:
+    """Load the latest checkpoint into ``engine`` (collective); return (client_state, rank_state, tag)."""
+    ckpt_dir = Path(ckpt_dir)
+    tag = resolve_tag(ckpt_dir, tag)
+    rank_path = ckpt_dir / tag / RANK_FILE.format(rank=rank)
+    if not rank_path.is_file():
+        raise SkipxlError(
+            f"checkpoint {ckpt_dir / tag} has no state for rank {rank} ({rank_path.name}); "
+            "resume with the same number of processes that saved it"
+        )
+    for model_file in sorted((ckpt_dir / tag).glob("*model_states.pt")):
+        _check_readable(model_file)
+    try:
+        load_path, client_state = engine.load_checkpoint(str(ckpt_dir), tag=tag)
+    except SkipxlError:
+        raise
+    except Exception as exc:
+        raise SkipxlError(
+            f"DeepSpeed could not load checkpoint {ckpt_dir / tag} "
+            f"({type(exc).__name__}: {exc}); the files are damaged or from another "
+            "configuration (ZeRO stage / world size)"
+        ) from exc
+    if load_path is None:
+        raise SkipxlError(f"DeepSpeed found no checkpoint at {ckpt_dir / tag}")
+    try:
+        rank_state = torch.load(rank_path, map_location=map_location, weights_only=False)
+    except Exception as exc:
+        raise SkipxlError(
+            f"checkpoint file {rank_path} is unreadable ({type(exc).__name__}: {exc}); "
+            "delete that checkpoint folder and point 'latest' at an older one"
+        ) from exc
+    return client_state or {}, rank_state, tag
+
+
+# ----------------------------------------------------------------------------- fp32 export
+
+
+def fp32_state_dict(ckpt_dir: Path, tag: str | None = None) -> dict[str, torch.Tensor]:
+    """A plain fp32 ``state_dict`` from a DeepSpeed checkpoint of any ZeRO stage.
+
+    ZeRO 1-3 (and bf16 master weights) are consolidated from the optimizer partitions with
+    DeepSpeed's ``zero_to_fp32``; a stage-0 fp32 checkpoint already holds the full module.
+    """
+    ckpt_dir = Path(ckpt_dir)
+    tag = resolve_tag(ckpt_dir, tag)
+    folder = ckpt_dir / tag
+    has_zero = any(folder.glob("*zero_pp_rank_*optim_states.pt"))
+    try:
+        if has_zero:
+            from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
+
+            state = get_fp32_state_dict_from_zero_checkpoint(str(ckpt_dir), tag=tag)
+        else:
+            model_file = folder / "mp_rank_00_model_states.pt"
+            if not model_file.is_file():
+                raise SkipxlError(
+                    f"{folder} has no mp_rank_00_model_states.pt; is it a DeepSpeed checkpoint?"
+                )
+            state = torch.load(model_file, map_location="cpu", weights_only=False)["module"]
+    except SkipxlError:
+        raise
+    except Exception as exc:
+        raise SkipxlError(
+            f"checkpoint {folder} is unreadable ({type(exc).__name__}: {exc}); "
+            "delete it and point 'latest' at an older one"
+        ) from exc
+    return {k: (v.float() if v.is_floating_point() else v).contiguous() for k, v in state.items()}
+
+
+def export(run_dir: Path, *, tag: str | None = None, out: Path | None = None) -> Path:
+    """Write ``model.pt`` (plain fp32 state_dict) and ``config.json`` (the ModelConfig) for inference.
+
+    Load it back with :func:`load_exported`; nothing of DeepSpeed is needed to use it.
+    """
+    from skipxl.config_io import load_json, save_json
+
+    run_dir = Path(run_dir)
+    config = load_json(run_dir / "config.json")
+    state = fp32_state_dict(run_dir / "checkpoints", tag)
+    out = Path(out) if out is not None else run_dir / "export"
+    out.mkdir(parents=True, exist_ok=True)
+    tmp = out / "model.pt.tmp"
+    torch.save(state, tmp)
+    os.replace(tmp, out / "model.pt")
+    save_json(
+        {
+            "model": config["model"],
+            "data": config.get("data"),
+            "variant": config.get("variant"),
+            "preset": config.get("preset"),
+            "source_run": str(run_dir.resolve()),
+            "checkpoint": resolve_tag(run_dir / "checkpoints", tag),
+        },
+        out / "config.json",
+    )
+    return out
+
+
+def load_exported(path: Path) -> torch.nn.Module:
+    """Rebuild a :class:`~skipxl.model.TransformerXL` from an ``export`` folder (eval mode)."""
+    from skipxl.config_io import load_json
+    from skipxl.model import ModelConfig, TransformerXL
+
+    path = Path(path)
+    cfg = ModelConfig.from_dict(load_json(path / "config.json")["model"])
+    model = TransformerXL(cfg)
+    try:
+        state = torch.load(path / "model.pt", map_location="cpu", weights_only=True)
+    except FileNotFoundError:
+        raise SkipxlError(f"{path / 'model.pt'} does not exist; run `skipxl export RUN_DIR` first") from None
+    except Exception as exc:
+        raise SkipxlError(
+            f"{path / 'model.pt'} is unreadable ({type(exc).__name__}: {exc}); re-export it"
+        ) from exc
+    model.load_state_dict(state)
+    return model.eval()

@@ -1,0 +1,193 @@
+"""Evaluation with the Transformer-XL protocol (Dai et al. 2019, ``eval.py``).
+
+A split is cut into ``batch_size`` parallel streams, each read left to right in segments
+of ``tgt_len`` tokens while the memory (``mem_len``) carries the context forward; the
+score is the token-weighted mean negative log-likelihood (``total nll / total tokens``),
+reported as perplexity for word-level corpora and bits per character for char-level ones.
+The context is set with ``model.reset_context`` (tgt_len, mem_len, ext_len, clamp_len,
+same_length) and restored afterwards, so the same function serves the validations during
+training (training context, the original's ``eval_tgt_len``) and the final scores with
+the published protocol (e.g. WikiText-103 base: tgt 64, mem 640, clamp 400, same_length).
+
+Streams are split across data-parallel ranks (rank-major); every rank runs the same number
+of segments (needed under ZeRO-3, whose forward gathers parameters collectively) and the
+sums are all-reduced, so the result does not depend on the world size.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+
+from skipxl.engine.metrics import loss_metrics
+from skipxl.errors import SkipxlError
+
+
+@dataclass(frozen=True)
+class Protocol:
+    """A context for evaluation (a subset of :class:`~skipxl.engine.config.EvalConfig`)."""
+
+    tgt_len: int
+    mem_len: int
+    ext_len: int = 0
+    clamp_len: int = -1
+    same_length: bool = False
+    batch_size: int = 10
+
+    @classmethod
+    def from_eval_config(cls, cfg: Any) -> Protocol:
+        return cls(cfg.tgt_len, cfg.mem_len, cfg.ext_len, cfg.clamp_len, cfg.same_length, cfg.batch_size)
+
+
+@dataclass(frozen=True)
+class EvalResult:
+    loss: float
+    tokens: int
+
+    def metrics(self, level: str, prefix: str) -> dict[str, float]:
+        return {**loss_metrics(self.loss, level, prefix), f"{prefix}/tokens": self.tokens}
+
+
+def _all_reduce_sum(values: torch.Tensor) -> torch.Tensor:
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        torch.distributed.all_reduce(values, op=torch.distributed.ReduceOp.SUM)
+    return values
+
+
+@torch.no_grad()
+def evaluate_split(
+    model: torch.nn.Module,
+    tokens: np.ndarray,
+    protocol: Protocol,
+    *,
+    rank: int = 0,
+    world_size: int = 1,
+    device: torch.device | str = "cpu",
+    max_batches: int | None = None,
+) -> EvalResult:
+    """Score ``tokens`` (a 1-D id array) with ``protocol``; collective when distributed.
+
+    Args:
+        model: a :class:`~skipxl.model.TransformerXL` (``engine.module`` under DeepSpeed).
+        max_batches: stop after this many segments per stream (quick validations).
+    """
+    from skipxl.data import eval_batches
+
+    if protocol.batch_size % world_size:
+        raise SkipxlError(
+            f"eval batch_size {protocol.batch_size} is not divisible by the world size {world_size}; "
+            f"pass --eval_batch_size {protocol.batch_size + world_size - protocol.batch_size % world_size}"
+        )
+    if len(tokens) < protocol.batch_size + 1:
+        raise SkipxlError(
+            f"the split has {len(tokens)} tokens, too few for {protocol.batch_size} "
+            "evaluation streams; lower --eval_batch_size"
+        )
+    was_training = model.training
+    saved = dict(model.context)
+    model.eval()
+    model.reset_context(
+        tgt_len=protocol.tgt_len,
+        mem_len=protocol.mem_len,
+        ext_len=protocol.ext_len,
+        clamp_len=protocol.clamp_len,
+        same_length=protocol.same_length,
+    )
+    segments = eval_batches(
+        tokens, protocol.batch_size, protocol.tgt_len, protocol.ext_len, rank=rank, world_size=world_size
+    )
+    total = torch.zeros(2, dtype=torch.float64)  # [nll sum, token count]
+    nll_sum = torch.zeros((), dtype=torch.float64, device=device)
+    count = 0
+    try:
+        mems = None
+        for n_batches, (inputs, targets) in enumerate(segments, start=1):
+            out = model(inputs.to(device), targets=targets.to(device), mems=mems)
+            mems = out.mems
+            nll_sum += out.nll.double().sum()
+            count += out.nll.numel()
+            if max_batches is not None and n_batches >= max_batches:
+                break
+    finally:
+        model.reset_context(**saved)
+        model.train(was_training)
+    total[0] = nll_sum.cpu()
+    total[1] = count
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        backend = torch.distributed.get_backend()
+        dev_total = total.to(device) if backend == "nccl" else total
+        total = _all_reduce_sum(dev_total).cpu()
+    if total[1] <= 0:
+        raise SkipxlError("evaluation scored no tokens; the split is shorter than one segment")
+    return EvalResult(loss=float(total[0] / total[1]), tokens=int(total[1]))
+
+
+SPLIT_ALIASES = {"valid": "valid", "val": "valid", "validation": "valid", "test": "test", "train": "train"}
+
+
+def evaluate_run(
+    run_dir: str | Any,
+    *,
+    split: str = "test",
+    overrides: dict[str, Any] | None = None,
+    max_batches: int | None = None,
+    tag: str | None = None,
+    device: str | None = None,
+    save: bool = True,
+) -> dict[str, Any]:
+    """Score a run folder's latest checkpoint on ``split`` with its EvalConfig plus ``overrides``.
+
+    One process, no DeepSpeed: the weights are consolidated to fp32 (any ZeRO stage).
+    Saves ``RUN_DIR/eval_<split>_tgt<T>_mem<M>_clamp<C>_same<0|1>.json`` and returns the row.
+    """
+    import dataclasses as dc
+    import json
+    from pathlib import Path
+
+    from skipxl.config_io import load_json
+    from skipxl.data import load_corpus
+    from skipxl.engine.checkpoint import fp32_state_dict, resolve_tag
+    from skipxl.engine.config import run_config_from_dict
+    from skipxl.model import TransformerXL
+
+    run_dir = Path(run_dir)
+    if split not in SPLIT_ALIASES:
+        raise SkipxlError(f"unknown --split {split!r}; choose valid or test (or train)")
+    split = SPLIT_ALIASES[split]
+    if not (run_dir / "config.json").is_file():
+        raise SkipxlError(
+            f"{run_dir} is not a run folder (no config.json); pass the --out folder of a training run"
+        )
+    cfg = run_config_from_dict(load_json(run_dir / "config.json"))
+    eval_cfg = dc.replace(cfg.eval, **(overrides or {}))
+    protocol = Protocol.from_eval_config(eval_cfg)
+    ckpt_dir = run_dir / "checkpoints"
+    tag = resolve_tag(ckpt_dir, tag)
+    corpus = load_corpus(cfg.data)
+    model = TransformerXL(cfg.model)
+    model.load_state_dict(fp32_state_dict(ckpt_dir, tag))
+    dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    model.to(dev)
+    level = "char" if corpus.vocab.level == "char" else "word"
+    result = evaluate_split(model, corpus.splits[split], protocol, device=dev, max_batches=max_batches)
+    prefix = "val" if split == "valid" else split
+    row: dict[str, Any] = {
+        "run": str(run_dir),
+        "checkpoint": tag,
+        "split": split,
+        "protocol": dc.asdict(protocol),
+        **result.metrics(level, prefix),
+    }
+    if max_batches is not None:
+        row["max_batches"] = max_batches
+    if save:
+        name = (
+            f"eval_{split}_tgt{protocol.tgt_len}_mem{protocol.mem_len}_clamp{protocol.clamp_len}"
+            f"_same{int(protocol.same_length)}.json"
+        )
+        (run_dir / name).write_text(json.dumps(row, indent=2, sort_keys=True) + "\n")
+        row["saved_to"] = str(run_dir / name)
+    return row

@@ -1,0 +1,156 @@
+"""Metrics: one logger writes the same keys to JSONL, TensorBoard and a tqdm progress bar.
+
+Only rank 0 writes; the other ranks get a logger whose methods do nothing, so the training
+loop calls it unconditionally. Keys follow TensorBoard's ``group/name`` convention
+(``train/loss``, ``val/ppl``, ``skip/fraction/layer_03``); every JSONL line carries
+``step``. On a resumed run, ``metrics.jsonl`` rows beyond the checkpoint's step are dropped
+first, so the file reads as one uninterrupted run.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import resource
+import sys
+from pathlib import Path
+from typing import Any
+
+from skipxl.engine.run_dir import METRICS, TB
+
+LN2 = math.log(2.0)
+
+
+def loss_metrics(loss: float, level: str, prefix: str) -> dict[str, float]:
+    """``{prefix}/loss`` plus ``{prefix}/ppl`` (word level) or ``{prefix}/bpc`` (char level)."""
+    out = {f"{prefix}/loss": float(loss)}
+    if level == "char":
+        out[f"{prefix}/bpc"] = float(loss) / LN2
+    else:
+        out[f"{prefix}/ppl"] = math.exp(min(float(loss), 700.0))
+    return out
+
+
+def peak_memory_bytes() -> int:
+    """Peak accelerator memory of this process (CUDA), else the peak resident set size (CPU)."""
+    import torch
+
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        return int(torch.cuda.max_memory_allocated())
+    peak_kib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return int(peak_kib * (1 if sys.platform == "darwin" else 1024))
+
+
+def truncate_metrics(run_dir: Path, step: int) -> None:
+    """Drop ``metrics.jsonl`` rows logged after ``step`` (work lost since the last checkpoint)."""
+    path = Path(run_dir) / METRICS
+    if not path.is_file():
+        return
+    keep = []
+    for line in path.read_text().splitlines():
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError:
+            continue
+        if int(row.get("step", 0)) <= step:
+            keep.append(json.dumps(row, sort_keys=True))
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text("".join(k + "\n" for k in keep))
+    tmp.replace(path)
+
+
+class MetricsLogger:
+    """Writes metrics on rank 0; a no-op elsewhere.
+
+    Args:
+        run_dir: the run folder (JSONL and ``tb/`` go there).
+        enabled: True on rank 0.
+        total_steps / start_step: for the progress bar's ETA.
+        progress: show a tqdm bar (off in tests and when stderr is not wanted).
+    """
+
+    def __init__(
+        self,
+        run_dir: Path,
+        *,
+        enabled: bool,
+        total_steps: int,
+        start_step: int = 0,
+        progress: bool = True,
+        tensorboard: bool = True,
+    ) -> None:
+        self.enabled = enabled
+        self.run_dir = Path(run_dir)
+        self._jsonl = None
+        self._tb = None
+        self._bar = None
+        if not enabled:
+            return
+        self._jsonl = (self.run_dir / METRICS).open("a")
+        if tensorboard:
+            from torch.utils.tensorboard import SummaryWriter
+
+            self._tb = SummaryWriter(log_dir=str(self.run_dir / TB), purge_step=start_step + 1)
+        if progress and os.environ.get("SKIPXL_NO_PROGRESS") != "1":
+            from tqdm.auto import tqdm
+
+            self._bar = tqdm(
+                total=total_steps,
+                initial=start_step,
+                desc="train",
+                unit="step",
+                dynamic_ncols=True,
+                file=sys.stderr,
+            )
+
+    def log(self, step: int, values: dict[str, Any]) -> None:
+        """Record ``values`` at ``step`` in JSONL and TensorBoard (numbers only go to TensorBoard)."""
+        if not self.enabled:
+            return
+        row = {"step": int(step), **{k: _plain(v) for k, v in values.items()}}
+        assert self._jsonl is not None
+        self._jsonl.write(json.dumps(row, sort_keys=True) + "\n")
+        self._jsonl.flush()
+        if self._tb is not None:
+            for key, value in row.items():
+                if key != "step" and isinstance(value, (int, float)) and not isinstance(value, bool):
+                    self._tb.add_scalar(key, value, global_step=step)
+            self._tb.flush()
+
+    def progress(self, step: int, postfix: dict[str, Any] | None = None) -> None:
+        """Advance the bar to ``step`` and show ``postfix`` (e.g. loss, lr)."""
+        if self._bar is None:
+            return
+        self._bar.update(step - self._bar.n)
+        if postfix:
+            self._bar.set_postfix(
+                {k: (f"{v:.4g}" if isinstance(v, float) else v) for k, v in postfix.items()}, refresh=False
+            )
+
+    def write(self, message: str) -> None:
+        """Print a line on rank 0 without breaking the progress bar."""
+        if not self.enabled:
+            return
+        if self._bar is not None:
+            self._bar.write(message, file=sys.stderr)
+        else:
+            print(message, file=sys.stderr, flush=True)
+
+    def close(self) -> None:
+        if self._bar is not None:
+            self._bar.close()
+            self._bar = None
+        if self._tb is not None:
+            self._tb.close()
+            self._tb = None
+        if self._jsonl is not None:
+            self._jsonl.close()
+            self._jsonl = None
+
+
+def _plain(value: Any) -> Any:
+    """JSON-able scalar (tensors and numpy numbers become floats; NaN/inf stay as floats)."""
+    if hasattr(value, "item") and callable(value.item):
+        return value.item()
+    return value

@@ -1,0 +1,163 @@
+"""The run folder: everything needed to tell what trained, how, and to reproduce it.
+
+Layout (``RUN_DIR/``)::
+
+    config.json      resolved RunConfig (model, data, train, eval, variant) + the DeepSpeed JSON
+    meta.json        git hash, pip freeze, torch/deepspeed versions, world size, seeds, command
+    metrics.jsonl    one JSON object per line: {"step": ..., "train/loss": ..., ...}
+    results.json     final valid/test metrics, parameter count, best validation, throughput
+    tb/              TensorBoard events (rank 0)
+    checkpoints/     DeepSpeed checkpoints, one folder per step, ``latest`` names the newest good one
+    export/          plain fp32 state_dict + config.json (``skipxl export``)
+    eval_*.json      results of ``skipxl eval`` with the protocol in the file name
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from skipxl.config_io import load_json, save_json
+from skipxl.errors import SkipxlError
+
+CONFIG = "config.json"
+META = "meta.json"
+METRICS = "metrics.jsonl"
+RESULTS = "results.json"
+TB = "tb"
+CHECKPOINTS = "checkpoints"
+EXPORT = "export"
+
+
+def _git_hash() -> str | None:
+    root = Path(__file__).resolve().parents[2]
+    try:
+        out = subprocess.run(
+            ["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True, timeout=10, check=False
+        )
+    except (OSError, subprocess.SubprocessError):
+        return None
+    if out.returncode != 0:
+        return None
+    dirty = subprocess.run(
+        ["git", "status", "--porcelain", "--untracked-files=no"],
+        cwd=root,
+        capture_output=True,
+        text=True,
+        timeout=10,
+        check=False,
+    )
+    return out.stdout.strip() + ("-dirty" if dirty.stdout.strip() else "")
+
+
+def _pip_freeze() -> list[str]:
+    try:
+        from importlib import metadata
+
+        return sorted(
+            f"{d.metadata['Name']}=={d.version}" for d in metadata.distributions() if d.metadata["Name"]
+        )
+    except Exception:  # pragma: no cover - metadata is always there in practice
+        return []
+
+
+def collect_meta(
+    *, world_size: int, seeds: dict[str, Any], extra: dict[str, Any] | None = None
+) -> dict[str, Any]:
+    """Provenance of a run: code version, environment, world, seeds, command line."""
+    import torch
+
+    try:
+        import deepspeed
+
+        ds_version = deepspeed.__version__
+    except Exception:  # pragma: no cover - deepspeed is a dependency
+        ds_version = None
+    meta = {
+        "git_hash": _git_hash(),
+        "command": [sys.executable, *sys.argv],
+        "cwd": os.getcwd(),
+        "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "hostname": platform.node(),
+        "python": sys.version.split()[0],
+        "torch": torch.__version__,
+        "deepspeed": ds_version,
+        "cuda": torch.version.cuda,
+        "ds_accelerator": os.environ.get("DS_ACCELERATOR"),
+        "world_size": world_size,
+        "seeds": seeds,
+        "pip_freeze": _pip_freeze(),
+    }
+    meta.update(extra or {})
+    return meta
+
+
+def check_run_dir(out_dir: Path, *, resume: bool) -> None:
+    """Read-only checks, run by every rank before any collective (so all ranks fail alike)."""
+    from skipxl.engine.checkpoint import read_latest
+
+    out_dir = Path(out_dir)
+    has_run = (out_dir / CONFIG).is_file()
+    if resume and not has_run:
+        raise SkipxlError(
+            f"--resume was given but {out_dir} holds no run (no {CONFIG}); "
+            "drop --resume to start a new run there"
+        )
+    if resume and read_latest(out_dir / CHECKPOINTS) is None:
+        raise SkipxlError(
+            f"--resume was given but {out_dir / CHECKPOINTS} has no complete checkpoint; "
+            "start a new run in another folder"
+        )
+    if not resume and has_run:
+        raise SkipxlError(
+            f"{out_dir} already holds a run; pass --resume to continue it or choose another --out folder"
+        )
+    if not resume and out_dir.exists() and (not out_dir.is_dir() or any(out_dir.iterdir())):
+        raise SkipxlError(f"{out_dir} exists and is not an empty folder; choose a new --out folder")
+
+
+def write_config(out_dir: Path, config: dict[str, Any]) -> None:
+    save_json(config, Path(out_dir) / CONFIG)
+
+
+def write_meta(out_dir: Path, meta: dict[str, Any]) -> None:
+    """Write ``meta.json``; a resumed run appends its own record under ``resumes``."""
+    path = Path(out_dir) / META
+    if path.is_file():
+        old = load_json(path)
+        old.setdefault("resumes", []).append(
+            {k: meta[k] for k in ("command", "time", "world_size", "git_hash", "hostname")}
+        )
+        meta = old
+    save_json(meta, path)
+
+
+def read_config(run_dir: Path) -> dict[str, Any]:
+    run_dir = Path(run_dir)
+    if not run_dir.is_dir():
+        raise SkipxlError(f"run folder {run_dir} does not exist; pass a folder created by a training run")
+    return load_json(run_dir / CONFIG)
+
+
+def read_metrics(run_dir: Path) -> list[dict[str, Any]]:
+    """All rows of ``metrics.jsonl`` (a torn last line from a crash is ignored)."""
+    import json
+
+    path = Path(run_dir) / METRICS
+    if not path.is_file():
+        return []
+    rows = []
+    for line in path.read_text().splitlines():
+        line = line.strip()
+        if not line:
+            continue
+        try:
+            rows.append(json.loads(line))
+        except json.JSONDecodeError:
+            continue
+    return rows

@@ -1,0 +1,133 @@
+"""Shared helpers of the engine/CLI tests (not a test module)."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+LAUNCH_VARS = ("RANK", "LOCAL_RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT", "LOCAL_WORLD_SIZE")
+
+
+def clean_env(**extra: str) -> dict[str, str]:
+    """The environment for a child process: CPU DeepSpeed, no progress bar, no inherited launch vars
+    (an in-process test run may have set RANK/MASTER_PORT, whose port this process still holds)."""
+    env = {k: v for k, v in os.environ.items() if k not in LAUNCH_VARS}
+    env.update(DS_ACCELERATOR="cpu", SKIPXL_NO_PROGRESS="1", OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1")
+    env.update(extra)
+    return env
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def launch_workers(world: int, out: Path, spec: dict[str, Any], timeout: float = 400) -> None:
+    """Run tests/ds_worker.py as ``world`` processes (rank env vars, gloo on CPU); raise on failure."""
+    port = free_port()
+    procs = []
+    for rank in range(world):
+        env = clean_env(
+            RANK=str(rank),
+            LOCAL_RANK=str(rank),
+            WORLD_SIZE=str(world),
+            MASTER_ADDR="127.0.0.1",
+            MASTER_PORT=str(port),
+        )
+        procs.append(
+            subprocess.Popen(
+                [sys.executable, str(REPO / "tests" / "ds_worker.py"), str(out), json.dumps(spec)],
+                env=env,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.STDOUT,
+                text=True,
+            )
+        )
+    outputs = []
+    for p in procs:
+        try:
+            text, _ = p.communicate(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            for q in procs:
+                q.kill()
+            raise AssertionError(f"worker timed out after {timeout}s (deadlock?)") from None
+        outputs.append(text)
+    codes = [p.returncode for p in procs]
+    assert codes == [0] * world, f"workers failed {codes}:\n" + "\n".join(o[-4000:] for o in outputs)
+
+
+def run_cli(*args: str, timeout: float = 300, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
+    """``skipxl ARGS`` in a fresh process (through ``python -m skipxl.cli``)."""
+    return subprocess.run(
+        [sys.executable, "-m", "skipxl.cli", *args],
+        env=clean_env(),
+        cwd=cwd or REPO,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+
+
+def run_recipe(name: str, *args: str, timeout: float = 300) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, str(REPO / "recipes" / f"{name}.py"), *args],
+        env=clean_env(),
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+
+
+def tiny_config(out: Path, *, variant: str = "baseline", steps: int = 6, **train: Any) -> Any:
+    """A RunConfig for the tiny preset on a small built-in corpus (seconds to train on a CPU)."""
+    from skipxl.engine.recipe import build_config
+
+    flags: dict[str, Any] = dict(
+        log_interval=1,
+        eval_interval=3,
+        save_interval=0,
+        val_max_batches=2,
+        builtin_train_tokens=20_000,
+        builtin_eval_tokens=2_000,
+        eval_batch_size=2,
+        eval_mem_len=32,
+        global_batch=4,
+    )
+    flags.update(train)
+    return build_config("builtin", variant=variant, max_steps=steps, out=str(out), **flags)
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    """Tiny models on a shared 2-core machine: one intra-op thread avoids OpenMP oversubscription
+    (2 threads under contention are 10-50x slower); restored after each test."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(autouse=True)
+def restore_launch_env():
+    """An in-process training run fills RANK/WORLD_SIZE/MASTER_PORT (a one-process world) and keeps its
+    rendezvous port bound; remove them afterwards so that later tests' child processes (which inherit
+    the environment) pick their own ports."""
+    saved = {k: os.environ.get(k) for k in LAUNCH_VARS}
+    yield
+    for key, value in saved.items():
+        if value is None:
+            os.environ.pop(key, None)
+        else:
+            os.environ[key] = value

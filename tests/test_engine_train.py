@@ -1,0 +1,192 @@
+"""The training loop in one process (DeepSpeed on CPU): exact resume, signals, crash-safe saves,
+the run folder, and what Adam does to skipped layers."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+
+import pytest
+import torch
+from engine_helpers import one_thread, restore_launch_env, tiny_config  # noqa: F401 (autouse fixtures)
+
+from skipxl.engine import checkpoint as ckpt
+from skipxl.engine.checkpoint import fp32_state_dict, read_latest
+from skipxl.engine.train import seed_everything, train
+from skipxl.errors import SkipxlError
+from skipxl.model import TransformerXL
+
+pytestmark = pytest.mark.slow
+
+
+def _weights(run_dir):
+    return fp32_state_dict(run_dir / "checkpoints")
+
+
+def _assert_same_weights(a, b):
+    assert a.keys() == b.keys()
+    for key in a:
+        assert torch.equal(a[key], b[key]), key
+
+
+@pytest.mark.parametrize("variant", ["baseline", "combined"])
+def test_resume_is_bitwise_exact(tmp_path, variant):
+    # dropout on, grad accumulation 2, a phase switch after the resume point, validations in between
+    kw = dict(
+        variant=variant, steps=8, grad_accum=2, phase1_steps=5, phase1_patience=None, phase1_fraction=None
+    )
+    full = train(tiny_config(tmp_path / "full", **kw), progress=False)
+    first = train(tiny_config(tmp_path / "split", **kw), progress=False, stop_at_step=3)
+    assert not first.finished and first.step == 3
+    second = train(tiny_config(tmp_path / "split", **kw), progress=False, resume=True)
+    assert second.finished
+    assert first.losses + second.losses == full.losses  # bitwise: float equality
+    _assert_same_weights(_weights(tmp_path / "full"), _weights(tmp_path / "split"))
+    assert second.final["test/loss"] == full.final["test/loss"]
+    rows = [json.loads(line) for line in (tmp_path / "split" / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows if "train/loss" in r] == list(range(1, 9))  # no duplicates after resume
+    results = json.loads((tmp_path / "split" / "results.json").read_text())
+    if variant == "combined":
+        assert results["phase"]["switch_step"] == 5
+
+
+def test_sigterm_checkpoints_and_resume_continues_exactly(tmp_path, monkeypatch):
+    kw = dict(variant="skip_retain", steps=6, pskip=0.5)
+    full = train(tiny_config(tmp_path / "full", **kw), progress=False)
+
+    calls = {"n": 0}
+    original = TransformerXL.draw_plan
+
+    def draw_and_signal(self):
+        calls["n"] += 1
+        if calls["n"] == 4:  # during step 4: the loop must finish the step, save, and stop
+            os.kill(os.getpid(), signal.SIGTERM)
+        return original(self)
+
+    monkeypatch.setattr(TransformerXL, "draw_plan", draw_and_signal)
+    stopped = train(tiny_config(tmp_path / "split", **kw), progress=False)
+    monkeypatch.setattr(TransformerXL, "draw_plan", original)
+    assert stopped.interrupted_by == "SIGTERM" and stopped.step == 4
+    assert read_latest(tmp_path / "split" / "checkpoints") == "step_00000004"
+    resumed = train(tiny_config(tmp_path / "split", **kw), progress=False, resume=True)
+    assert stopped.losses + resumed.losses == full.losses
+    _assert_same_weights(_weights(tmp_path / "full"), _weights(tmp_path / "split"))
+
+
+def test_crash_during_save_keeps_the_last_good_checkpoint(tmp_path, monkeypatch):
+    cfg = tiny_config(tmp_path / "run", steps=6, save_interval=2)
+    real_save = torch.save
+    state = {"n": 0}
+
+    def failing_save(obj, path, *args, **kwargs):
+        if str(path).endswith(".pt.tmp") and "step_00000004" in str(path):
+            raise OSError("disk full (simulated)")
+        state["n"] += 1
+        return real_save(obj, path, *args, **kwargs)
+
+    monkeypatch.setattr(ckpt.torch, "save", failing_save)
+    with pytest.raises(OSError, match="simulated"):
+        train(cfg, progress=False)
+    monkeypatch.setattr(ckpt.torch, "save", real_save)
+    ckpt_dir = tmp_path / "run" / "checkpoints"
+    assert read_latest(ckpt_dir) == "step_00000002"
+    assert (ckpt_dir / "tmp_step_00000004").is_dir()  # the torn save, never pointed at
+    resumed = train(cfg, progress=False, resume=True)
+    assert resumed.finished and resumed.step == 6
+    assert not (ckpt_dir / "tmp_step_00000004").exists()
+
+
+def test_run_folder_and_metrics(tmp_path):
+    run = tmp_path / "run"
+    train(tiny_config(run, variant="combined", steps=4, phase1_steps=2), progress=False)
+    config = json.loads((run / "config.json").read_text())
+    assert {"model", "data", "train", "eval", "ds_config", "variant"} <= set(config)
+    assert config["ds_config"]["train_batch_size"] == 4 and config["ds_config"]["gradient_clipping"] == 0.25
+    meta = json.loads((run / "meta.json").read_text())
+    assert meta["world_size"] == 1 and meta["seeds"]["seed"] == config["train"]["seed"]
+    assert meta["torch"] == torch.__version__ and any(p.startswith("torch==") for p in meta["pip_freeze"])
+    rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    train_rows = [r for r in rows if "train/loss" in r]
+    for key in (
+        "train/ppl",
+        "lr",
+        "grad_norm",
+        "loss_scale",
+        "tokens_per_s",
+        "memory/peak_bytes",
+        "phase",
+        "skip/fraction/layer_00",
+        "memory/age/layer_00",
+        "context/effective_len",
+        "cross_head/swap_rate",
+    ):
+        assert key in train_rows[0], key
+    assert [r["phase"] for r in train_rows] == [1, 2, 2, 2]
+    assert any("val/ppl" in r for r in rows) and any("test/ppl" in r for r in rows)
+    assert any(r.get("phase/switch_step") == 2 for r in rows)
+    # the protected end layers of the linear schedule are never skipped
+    assert all(r["skip/fraction/layer_00"] == 0.0 and r["skip/fraction/layer_03"] == 0.0 for r in train_rows)
+    events = list((run / "tb").glob("events.out.tfevents.*"))
+    assert events and events[0].stat().st_size > 0
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    acc = EventAccumulator(str(run / "tb"))
+    acc.Reload()
+    assert {"train/loss", "lr", "val/loss", "test/loss"} <= set(acc.Tags()["scalars"])
+
+
+@pytest.mark.parametrize(("skipped_grad", "untouched"), [("none", True), ("zero", False)])
+def test_skipped_layer_parameters_under_adam(tmp_path, skipped_grad, untouched):
+    """Layer 1 is skipped at every step. "none": no gradient, Adam (with weight decay) never touches
+    it, as in the paper's plain-PyTorch code; "zero": a zero gradient, so weight decay (and then
+    momentum) move its non-zero weights."""
+    run = tmp_path / skipped_grad
+    cfg = tiny_config(
+        run,
+        variant="skip_retain",
+        steps=3,
+        pskip=[0, 1, 0, 0],
+        skipped_grad=skipped_grad,
+        weight_decay=0.1,
+        ds_config="cpu",
+        phase1_fraction=None,
+        phase1_patience=None,
+    )
+    train(cfg, progress=False)
+    seed_everything(cfg.train.seed)
+    init = TransformerXL(cfg.model).state_dict()
+    trained = _weights(run)
+    layer1 = [k for k in init if k.startswith("layers.1.")]
+    same = [torch.equal(init[k], trained[k]) for k in layer1]
+    assert all(same) if untouched else not all(same)
+    qkv = "layers.1.dec_attn.qkv_net.weight"
+    assert torch.equal(init[qkv], trained[qkv]) == untouched
+    assert not torch.equal(
+        init["layers.0.pos_ff.CoreNet.0.weight"], trained["layers.0.pos_ff.CoreNet.0.weight"]
+    )
+
+
+def test_resume_refuses_missing_or_unreadable_checkpoints(tmp_path):
+    with pytest.raises(SkipxlError, match="holds no run"):
+        train(tiny_config(tmp_path / "nothing"), progress=False, resume=True)
+    run = tmp_path / "run"
+    train(tiny_config(run, steps=2), progress=False)
+    with pytest.raises(SkipxlError, match="already holds a run"):
+        train(tiny_config(run, steps=2), progress=False)
+    tag = read_latest(run / "checkpoints")
+    (run / "checkpoints" / tag / "mp_rank_00_model_states.pt").write_bytes(b"not a checkpoint")
+    with pytest.raises(SkipxlError, match="unreadable"):
+        train(tiny_config(run, steps=4), progress=False, resume=True)
+
+
+def test_zero_probabilities_reproduce_the_baseline_bitwise(tmp_path):
+    """pskip = 0 and beta = 0 through the whole engine (plans drawn, phases on, dropout on) give the
+    baseline's losses and weights exactly: the stochastic methods never touch the main RNG stream."""
+    base = train(tiny_config(tmp_path / "baseline", steps=5, grad_accum=2), progress=False)
+    zero = train(
+        tiny_config(tmp_path / "combined", variant="combined", steps=5, grad_accum=2, pskip=0.0, beta=0.0),
+        progress=False,
+    )
+    assert zero.losses == base.losses
+    _assert_same_weights(_weights(tmp_path / "baseline"), _weights(tmp_path / "combined"))
