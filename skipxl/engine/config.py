@@ -40,6 +40,8 @@ class TrainConfig:
         log_interval / eval_interval / save_interval: cadence in optimizer steps
             (0 disables periodic validation / checkpoints; the end of training always does both).
         val_max_batches: cap on validation segments per stream during training (None = all).
+        profile_memory: attach :class:`skipxl.profiling.MemoryProfiler` on rank 0: per-step
+            saved-activation / mems / model-state bytes under ``memory/`` in JSONL and TensorBoard.
         keep_checkpoints: how many step checkpoints to keep (the newest ones).
         phase1_steps / phase1_fraction / phase1_patience: Skip-Retain phase 1 ends at the first
             of: this step, this fraction of ``max_steps``, or ``phase1_patience`` validations
@@ -76,6 +78,7 @@ class TrainConfig:
     phase1_patience: int | None = None
     phase1_min_delta: float = 0.0
     val_tgt_len: int | None = None
+    profile_memory: bool = False
 
     def __post_init__(self) -> None:
         require(self.global_batch >= 1, f"global_batch must be >= 1, got {self.global_batch}")

@@ -46,6 +46,7 @@ from skipxl.engine.phases import PhaseController
 from skipxl.engine.schedule import make_scheduler
 from skipxl.engine.variants import uses_skip
 from skipxl.errors import SkipxlError
+from skipxl.profiling import MemoryProfiler
 
 
 @dataclass
@@ -352,6 +353,10 @@ def train(
     logger = MetricsLogger(
         out_dir, enabled=world.is_main, total_steps=tc.max_steps, start_step=step, progress=progress
     )
+    # Off by default: when off no hook is registered and nothing is measured.
+    profiler = MemoryProfiler(
+        enabled=tc.profile_memory and world.is_main, sink=logger.log, step_fn=lambda: step + 1
+    ).attach(engine)
 
     def client_state() -> dict[str, Any]:
         return {
@@ -491,6 +496,7 @@ def train(
             save_json(results, out_dir / rd.RESULTS)
         return TrainResult(out_dir, step, True, None, losses, final)
     finally:
+        profiler.close()
         stop.restore()
         logger.close()
 

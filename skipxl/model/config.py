@@ -59,8 +59,9 @@ class SkipRetainConfig:
             no step. ``"zero"``: the skipped layers take part in the loss with weight 0
             (``loss + 0 * sum(params)``), so they receive an explicit zero gradient and Adam's
             momentum keeps moving them (``m <- beta1 m``, the update ``m / sqrt(v)`` is
-            generally non-zero). DeepSpeed's flat gradient buffers behave like ``"zero"``
-            whatever is chosen here (an absent gradient is a zero slice of the buffer).
+            generally non-zero). Under DeepSpeed the engine honours ``"none"`` at ZeRO
+            stage 0 in fp32; with ZeRO 1-3 or bf16/fp16 the flat gradient buffers turn an
+            absent gradient into a zero slice, so it behaves like ``"zero"`` (with a warning).
     """
 
     schedule: str = "linear"
