@@ -3,14 +3,17 @@
 #               evaluate with the Transformer-XL protocol, print the comparison table
 #   make test   the test suite (pytest, DeepSpeed on CPU)
 # Both create .venv on first use (python3 -m venv + pip install -e '.[dev]'); a stamp file makes
-# later calls skip the install. PIP_INSTALL_ARGS passes extra pip options, e.g. a CPU-only torch
-# index: make test PIP_INSTALL_ARGS="--extra-index-url https://download.pytorch.org/whl/cpu"
+# later calls skip the install. PyTorch is installed first, as TORCH_SPEC (default torch==2.13.0,
+# the release this suite is tested with; any 2.1 <= version <= 2.14.1 works): pinning it keeps pip from
+# resolving a newer, multi-GB CUDA build on a CPU machine. PIP_INSTALL_ARGS passes extra pip options,
+# e.g. a CPU-only torch index: make test PIP_INSTALL_ARGS="--extra-index-url https://download.pytorch.org/whl/cpu"
 
 PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.skipxl-installed
 PIP_INSTALL_ARGS ?=
+TORCH_SPEC ?= torch==2.13.0
 DEMO_DIR ?= runs/demo
 DEMO_VARIANTS ?= baseline skip_retain cross_head combined
 # Tiny models on few cores: one intra-op thread is fastest and immune to oversubscription.
@@ -22,6 +25,7 @@ venv: $(STAMP)
 
 $(STAMP): pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install $(PIP_INSTALL_ARGS) '$(TORCH_SPEC)'
 	$(PY) -m pip install $(PIP_INSTALL_ARGS) -e '.[dev]'
 	@touch $(STAMP)
 
