@@ -90,6 +90,13 @@ def _pm(values: Sequence[float | None], digits: int = 3, scale: float = 1.0) -> 
     return f"{mean:.{digits}f} ± {std:.{digits}f}" if n > 1 else f"{mean:.{digits}f}"
 
 
+def _markdown_table(head: list[str], body: list[list[str]]) -> str:
+    """A markdown table: the header row, its ``---`` rule, then one line per row of cells."""
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    lines.extend("| " + " | ".join(cells) + " |" for cells in body)
+    return "\n".join(lines)
+
+
 def table(rows: list[dict[str, Any]], group: bool = False) -> str:
     """Markdown table of :func:`summarize` rows (grouped over seeds when ``group``)."""
     metric = rows[0]["metric"] if rows and len({r["metric"] for r in rows}) == 1 else "score"
@@ -105,7 +112,7 @@ def table(rows: list[dict[str, Any]], group: bool = False) -> str:
             "tokens/s",
             "peak MiB",
         ]
-        lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+        body: list[list[str]] = []
         for r in rows:
             cells = [
                 r["run"],
@@ -118,8 +125,8 @@ def table(rows: list[dict[str, Any]], group: bool = False) -> str:
                 _fmt(r["tokens_per_s"], 0),
                 _fmt(None if r["peak_bytes"] is None else r["peak_bytes"] / 2**20, 0),
             ]
-            lines.append("| " + " | ".join(cells) + " |")
-        return "\n".join(lines)
+            body.append(cells)
+        return _markdown_table(head, body)
     groups: dict[tuple[str, str, str], list[dict[str, Any]]] = {}
     for r in rows:
         groups.setdefault((r["corpus"], r["preset"], r["variant"]), []).append(r)
@@ -135,7 +142,7 @@ def table(rows: list[dict[str, Any]], group: bool = False) -> str:
         "tokens/s",
         "peak MiB",
     ]
-    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    body: list[list[str]] = []
     for (corpus, preset, variant), rs in groups.items():
         cells = [
             corpus,
@@ -149,8 +156,8 @@ def table(rows: list[dict[str, Any]], group: bool = False) -> str:
             _pm([r["tokens_per_s"] for r in rs], 0),
             _pm([r["peak_bytes"] for r in rs], 0, 2**20),
         ]
-        lines.append("| " + " | ".join(cells) + " |")
-    return "\n".join(lines)
+        body.append(cells)
+    return _markdown_table(head, body)
 
 
 def plot(rows: list[dict[str, Any]], path: Path) -> Path | None:

@@ -12,6 +12,7 @@ and building the gather index never waits for the accelerator.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
@@ -76,6 +77,28 @@ class Memory:
             return True
         expected = torch.arange(self.next_position - m, self.next_position, dtype=pos.dtype)
         return bool(torch.equal(pos, expected))
+
+    def position_rows(
+        self, tgt_len: int, skip: Sequence[bool], retain_contiguous: bool
+    ) -> tuple[list[int], list[bool]]:
+        """Per layer ``(rlens, gather)`` for a segment of ``tgt_len`` steps after this memory.
+
+        A skipped layer, any layer when ``retain_contiguous``, or a layer whose slots are
+        contiguous with the segment reads ``K = M + T`` position rows by rel-shift
+        (``gather`` False); a retained memory reads rows up to its oldest slot's true
+        distance through a gather (``gather`` True).
+        """
+        start = int(self.next_position)
+        rlens: list[int] = []
+        gather: list[bool] = []
+        for layer in range(self.n_layer):
+            if skip[layer] or retain_contiguous or self.is_contiguous(layer):
+                rlens.append(self.mlen(layer) + tgt_len)
+                gather.append(False)
+            else:
+                rlens.append(start + tgt_len - int(self.positions[layer][0]))
+                gather.append(True)
+        return rlens, gather
 
     def ages(self) -> list[Tensor]:
         """Per layer ``[M_l]``: how many steps before the next segment each slot was made

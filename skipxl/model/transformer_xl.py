@@ -328,16 +328,7 @@ class TransformerXL(nn.Module):
         # Position table length per computed layer: one row per key on the contiguous
         # path, or up to the largest true distance on the gather path.
         retain_contiguous = self.cfg.skip is not None and self.cfg.skip.retain_positions == "contiguous"
-        r_lens: list[int] = []
-        gather: list[bool] = []
-        for layer in range(self.n_layer):
-            mlen = mems.mlen(layer)
-            if skip[layer] or retain_contiguous or mems.is_contiguous(layer):
-                r_lens.append(mlen + qlen)
-                gather.append(False)
-            else:
-                r_lens.append(start + qlen - int(mems.positions[layer][0]))
-                gather.append(True)
+        r_lens, gather = mems.position_rows(qlen, skip, retain_contiguous)
         r_max = max(r for r, s in zip(r_lens, skip, strict=True) if not s) if not all(skip) else qlen
 
         pos_seq = torch.arange(r_max - 1, -1, -1.0, device=device)  # [R] fp32: R-1 .. 0

@@ -290,17 +290,8 @@ def memory_geometry(
     if mems is None:
         return [0] * n_layer, [tgt_len] * n_layer, [False] * n_layer
     retain_contiguous = cfg.skip is not None and cfg.skip.retain_positions == "contiguous"
-    start = int(mems.next_position)
-    mlens, rlens, gather = [], [], []
-    for layer in range(n_layer):
-        m = int(mems.states[layer].size(1))
-        mlens.append(m)
-        if skip[layer] or retain_contiguous or mems.is_contiguous(layer):
-            rlens.append(m + tgt_len)
-            gather.append(False)
-        else:
-            rlens.append(start + tgt_len - int(mems.positions[layer][0]))
-            gather.append(True)
+    mlens = [mems.mlen(layer) for layer in range(n_layer)]
+    rlens, gather = mems.position_rows(tgt_len, skip, retain_contiguous)
     return mlens, rlens, gather
 
 
