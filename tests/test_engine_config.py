@@ -226,3 +226,29 @@ def test_coerce_rejects_with_flag_name(value, tp, needle):
     with pytest.raises(SkipxlError, match=needle) as info:
         coerce("max_steps", value, tp)
     assert "--max_steps" in str(info.value)
+
+
+def test_character_corpora_are_scored_in_bits_per_character(tmp_path):
+    """enwik8 (byte vocabulary) and text8 (char vocabulary) report bpc; word corpora report ppl."""
+    import zipfile
+
+    from skipxl.data import DataConfig, load_corpus
+    from skipxl.engine.metrics import loss_metrics, metric_level
+
+    data = bytes(range(32, 127)) * 40  # 3,800 printable bytes
+    text = b"ab cd ef " * 400  # 3,600 characters
+    for corpus, member in (("enwik8", "enwik8"), ("text8", "text8")):
+        folder = tmp_path / corpus
+        folder.mkdir()
+        payload = data if corpus == "enwik8" else text
+        split = (len(payload) - 600, 300, 300)
+        with zipfile.ZipFile(folder / f"{corpus}.zip", "w") as zf:
+            zf.writestr(member, payload)
+        cfg = DataConfig(
+            corpus=corpus, data_dir=str(folder), char_split=split, cache_dir=str(tmp_path / "c")
+        )
+        level = metric_level(load_corpus(cfg).vocab.level)
+        assert level == "char", corpus
+        assert loss_metrics(math.log(2.0), level, "val") == {"val/loss": math.log(2.0), "val/bpc": 1.0}
+    assert metric_level("word") == "word" and metric_level("subword") == "word"
+    assert set(loss_metrics(1.0, "word", "val")) == {"val/loss", "val/ppl"}

@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from skipxl.engine.metrics import loss_metrics
+from skipxl.engine.metrics import loss_metrics, metric_level
 from skipxl.errors import SkipxlError
 
 
@@ -171,7 +171,7 @@ def evaluate_run(
     model.load_state_dict(fp32_state_dict(ckpt_dir, tag))
     dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     model.to(dev)
-    level = "char" if corpus.vocab.level == "char" else "word"
+    level = metric_level(corpus.vocab.level)
     result = evaluate_split(model, corpus.splits[split], protocol, device=dev, max_batches=max_batches)
     prefix = "val" if split == "valid" else split
     row: dict[str, Any] = {

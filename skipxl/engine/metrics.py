@@ -22,6 +22,15 @@ from skipxl.engine.run_dir import METRICS, TB
 LN2 = math.log(2.0)
 
 
+#: Vocabulary levels scored in bits per character (enwik8 bytes, text8 characters); the rest in ppl.
+CHARACTER_LEVELS = ("char", "byte")
+
+
+def metric_level(vocab_level: str) -> str:
+    """``"char"`` (report bpc) for character/byte vocabularies, ``"word"`` (report ppl) otherwise."""
+    return "char" if vocab_level in CHARACTER_LEVELS else "word"
+
+
 def loss_metrics(loss: float, level: str, prefix: str) -> dict[str, float]:
     """``{prefix}/loss`` plus ``{prefix}/ppl`` (word level) or ``{prefix}/bpc`` (char level)."""
     out = {f"{prefix}/loss": float(loss)}

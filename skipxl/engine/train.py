@@ -41,7 +41,13 @@ from skipxl.engine.config import RunConfig, run_config_to_dict
 from skipxl.engine.distributed import ensure_accelerator_env, ensure_launch_env
 from skipxl.engine.ds_config import build_ds_config, precision_of, resolve_batch, zero_stage_of
 from skipxl.engine.evaluate import Protocol, evaluate_split
-from skipxl.engine.metrics import MetricsLogger, loss_metrics, peak_memory_bytes, truncate_metrics
+from skipxl.engine.metrics import (
+    MetricsLogger,
+    loss_metrics,
+    metric_level,
+    peak_memory_bytes,
+    truncate_metrics,
+)
 from skipxl.engine.phases import PhaseController
 from skipxl.engine.schedule import make_scheduler
 from skipxl.engine.variants import uses_skip
@@ -261,7 +267,7 @@ def train(
             f"the model has n_token={model_cfg.n_token} but the {cfg.data.corpus} vocabulary "
             f"has {corpus.n_token} symbols; set --n_token {corpus.n_token} (recipes do this)"
         )
-    level = "char" if corpus.vocab.level == "char" else "word"
+    level = metric_level(corpus.vocab.level)
 
     # Same initial weights on every rank (ZeRO-3 partitions each rank's own copy), then a
     # per-rank stream for dropout.
