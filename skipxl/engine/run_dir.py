@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import os
 import platform
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -24,6 +23,7 @@ from typing import Any
 
 from skipxl.config_io import load_json, save_json
 from skipxl.errors import SkipxlError
+from skipxl.provenance import git_info, installed_packages
 
 CONFIG = "config.json"
 META = "meta.json"
@@ -35,35 +35,11 @@ EXPORT = "export"
 
 
 def _git_hash() -> str | None:
-    root = Path(__file__).resolve().parents[2]
-    try:
-        out = subprocess.run(
-            ["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True, timeout=10, check=False
-        )
-    except (OSError, subprocess.SubprocessError):
+    """The commit, with ``-dirty`` when tracked files have local changes."""
+    info = git_info()
+    if info["commit"] is None:
         return None
-    if out.returncode != 0:
-        return None
-    dirty = subprocess.run(
-        ["git", "status", "--porcelain", "--untracked-files=no"],
-        cwd=root,
-        capture_output=True,
-        text=True,
-        timeout=10,
-        check=False,
-    )
-    return out.stdout.strip() + ("-dirty" if dirty.stdout.strip() else "")
-
-
-def _pip_freeze() -> list[str]:
-    try:
-        from importlib import metadata
-
-        return sorted(
-            f"{d.metadata['Name']}=={d.version}" for d in metadata.distributions() if d.metadata["Name"]
-        )
-    except Exception:  # pragma: no cover - metadata is always there in practice
-        return []
+    return info["commit"] + ("-dirty" if info["dirty"] else "")
 
 
 def collect_meta(
@@ -91,7 +67,7 @@ def collect_meta(
         "ds_accelerator": os.environ.get("DS_ACCELERATOR"),
         "world_size": world_size,
         "seeds": seeds,
-        "pip_freeze": _pip_freeze(),
+        "pip_freeze": installed_packages(),
     }
     meta.update(extra or {})
     return meta

@@ -15,50 +15,21 @@ and is wiped before it is run again, so a killed run restarts cleanly.
 
 from __future__ import annotations
 
-import functools
 import json
 import math
 import os
 import platform
 import shutil
-import subprocess
 import sys
 import time
 from pathlib import Path
 from typing import Any
 
 from skipxl.config_io import save_json
+from skipxl.provenance import git_info, installed_packages
 
 RESULT_FILE = "result.json"
 FAILED_FILE = "failed.json"
-REPO_ROOT = Path(__file__).resolve().parents[2]
-
-
-def _run(cmd: list[str], cwd: Path) -> str | None:
-    try:
-        out = subprocess.run(cmd, cwd=cwd, capture_output=True, text=True, timeout=60, check=False)
-    except (OSError, subprocess.TimeoutExpired):
-        return None
-    return out.stdout if out.returncode == 0 else None
-
-
-@functools.lru_cache(maxsize=1)
-def git_info() -> dict[str, Any]:
-    """The repository's commit and whether the tree has local changes (read-only git calls)."""
-    commit = _run(["git", "rev-parse", "HEAD"], REPO_ROOT)
-    # --no-optional-locks: never take .git/index.lock (a concurrent commit must not fail because of us).
-    status = _run(["git", "--no-optional-locks", "status", "--porcelain", "--untracked-files=no"], REPO_ROOT)
-    return {
-        "commit": commit.strip() if commit else None,
-        "dirty": bool(status.strip()) if status is not None else None,
-    }
-
-
-@functools.lru_cache(maxsize=1)
-def pip_freeze() -> list[str]:
-    """``pip freeze`` of the running interpreter (cached: it costs a second or two)."""
-    out = _run([sys.executable, "-m", "pip", "freeze", "--disable-pip-version-check"], REPO_ROOT)
-    return out.splitlines() if out else []
 
 
 def versions() -> dict[str, str | None]:
@@ -74,7 +45,7 @@ def build_meta(**fields: Any) -> dict[str, Any]:
     """meta.json content: git, pip freeze, versions, host, argv, plus the caller's fields."""
     return {
         "git": git_info(),
-        "pip_freeze": pip_freeze(),
+        "pip_freeze": installed_packages(),
         "versions": versions(),
         "host": platform.node(),
         "argv": sys.argv,
