@@ -274,14 +274,30 @@ def _lazy(module: str, attr: str, what: str) -> Any:
     return getattr(mod, attr)
 
 
+def _call_lazy(module: str, attr: str, what: str, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+    """Call a lazily imported command, turning a flag it does not take into one clear error.
+
+    fire hands every ``--flag`` of a ``*args, **kwargs`` wrapper through, so without this
+    check a typo would surface as a ``TypeError`` traceback from deep inside the command.
+    """
+    import inspect
+
+    fn = _lazy(module, attr, what)
+    try:
+        inspect.signature(fn).bind(*args, **kwargs)
+    except TypeError as exc:
+        raise SkipxlError(f"`skipxl {what}`: {exc}; see `skipxl {what} --help` for its options") from None
+    return fn(*args, **kwargs)
+
+
 def memory(*args: Any, **kwargs: Any) -> Any:
     """Memory accounting of Transformer-XL variants (skipxl.profiling.cli.memory; see its --help)."""
-    return _lazy("skipxl.profiling.cli", "memory", "memory")(*args, **kwargs)
+    return _call_lazy("skipxl.profiling.cli", "memory", "memory", args, kwargs)
 
 
 def glue_report(*args: Any, **kwargs: Any) -> Any:
     """Report of a BERT + cross-head GLUE seed sweep (skipxl.glue.report.glue_report)."""
-    return _lazy("skipxl.glue.report", "glue_report", "glue-report")(*args, **kwargs)
+    return _call_lazy("skipxl.glue.report", "glue_report", "glue-report", args, kwargs)
 
 
 COMMANDS: dict[str, Any] = {

@@ -211,6 +211,11 @@ def test_bad_inputs_give_one_clear_line(capsys, tmp_path):
     )
     assert "not a run folder" in _one_error_line(capsys, ["eval", str(tmp_path)])
     assert "not a run folder" in _one_error_line(capsys, ["compare", str(tmp_path / "none")])
+    # lazily imported commands: a misspelt flag is one line, not a TypeError from inside
+    line = _one_error_line(capsys, ["memory", "--positons", "segment_end"])
+    assert "'positons'" in line and "skipxl memory --help" in line
+    line = _one_error_line(capsys, ["glue-report", str(tmp_path), "--bogus", "1"])
+    assert "skipxl glue-report --help" in line
 
 
 def test_unreadable_checkpoint_is_one_line(runs, tmp_path, capsys):

@@ -123,8 +123,8 @@ def test_layer_bytes_bf16_cuda_rule_differs_where_it_should():
 
 # ----------------------------------------------------------------------------- the paper's claims
 
-def _variants(pskip=1.0, beta=0.5, **skip_options):
-    base, opts = small(), skip_options or None
+def _variants(pskip=1.0, beta=0.5, positions="relative", **skip_options):
+    base, opts = small(positions=positions), skip_options or None
     return {
         "baseline": base,
         "skip_retain": apply_variant(base, "skip_retain", pskip=pskip, skip_options=opts),
@@ -158,10 +158,14 @@ def test_skip_retain_saves_no_more_than_baseline_contiguous_positions():
             assert r["saved"] < b["saved"], s
 
 
-def test_skip_retain_true_positions_overhead_is_the_gather_path_only():
-    """True distances on a retained memory need more position rows and a gather index."""
-    cfg = small()
-    v = _variants()
+@pytest.mark.parametrize("positions", ["relative", "segment_end"])
+def test_skip_retain_true_positions_overhead_is_the_gather_path_only(positions):
+    """True distances on a retained memory need more position rows and an index. With
+    relative scoring the gather also keeps ``[B, H, T, R]`` position scores; with the
+    paper's segment_end scoring the rows are selected per key first, so the excess does
+    not grow with the batch: only the longer shared table and a ``[K]`` index."""
+    cfg = small(positions=positions)
+    v = _variants(positions=positions)
     base, skip = run(v["baseline"]), run(v["skip_retain"])
     e, t, h, dh, d = 4, cfg.tgt_len, cfg.n_head, cfg.d_head, cfg.d_model
     seen_gather = False
@@ -173,7 +177,10 @@ def test_skip_retain_true_positions_overhead_is_the_gather_path_only():
         for layer, g in enumerate(r["gather"]):
             if g:
                 k, rr = r["mlens"][layer] + t, r["rlens"][layer]
-                bound += t * k * 8 + BATCH * h * t * rr * e + (rr - k) * h * dh * e
+                if positions == "segment_end":
+                    bound += k * 8
+                else:
+                    bound += t * k * 8 + BATCH * h * t * rr * e + (rr - k) * h * dh * e
         bound += (max(r["rlens"]) - max(b["rlens"])) * d * e  # the longer shared position table
         seen_gather |= any(r["gather"])
         assert r["saved"] - b["saved"] <= bound, s

@@ -20,8 +20,9 @@ Position paths (the position term only; the content term is the same everywhere)
   On a contiguous memory with ``R = K`` it picks exactly the rel-shift entries.
 * **segment_end** (``positions="segment_end"``, the paper's released code): every key is
   scored by its distance to the end of the segment, the same for every query: with
-  ``pos_index=None`` row j is used for key j (no shift); a ``[1, K]`` index does the same
-  for a retained memory.
+  ``pos_index=None`` row j is used for key j (no shift); for a retained memory a ``[1, K]``
+  index selects each key's row of the projected table before the product (not a gather of
+  the scores), so the layer keeps ``K`` positional keys, as on the contiguous path.
 
 Cross-head attention (arXiv 2311.08123): an optional head index ``[H]`` gathers the heads
 of the content keys, values and positional keys together
@@ -137,12 +138,19 @@ class RelPartialLearnableAttention(nn.Module):
             v = mix_heads(v, head_index, head_dim=2)  # [B, K, H, Dh]
             r_k = mix_heads(r_k, head_index, head_dim=1)  # [R, H, Dh]
 
+        if pos_index is not None and self.positions == "segment_end":
+            # One row per key, the same for every query: select the keys' rows before the
+            # product, so the scores are [B, H, T, K] as on the contiguous path and no
+            # [B, H, T, R] position-score tensor is kept for a gather's backward.
+            r_k = r_k.index_select(0, pos_index.reshape(-1))  # [K, H, Dh]
+            pos_index = None
+
         ac = torch.einsum("bihd,bjhd->bhij", q + r_w_bias, k)  # [B, H, T, K]
-        bd = torch.einsum("bihd,jhd->bhij", q + r_r_bias, r_k)  # [B, H, T, R]
+        bd = torch.einsum("bihd,jhd->bhij", q + r_r_bias, r_k)  # [B, H, T, R] (K when selected)
         if pos_index is None:
             require(
-                rlen == klen,
-                f"contiguous position path needs one position row per key (R={rlen}, K={klen})",
+                r_k.size(0) == klen,
+                f"contiguous position path needs one position row per key (R={r_k.size(0)}, K={klen})",
             )
             if self.positions == "relative":
                 bd = rel_shift(bd)  # [B, H, T, K]: row of distance (M + i) - j

@@ -383,6 +383,7 @@ def run_memory(
     pskip: Any = None,
     beta: float | None = None,
     retain_positions: str | None = None,
+    positions: str | None = None,
     engine: str = "deepspeed",
     ds_config: str = "cpu",
     device: str = "auto",
@@ -405,6 +406,8 @@ def run_memory(
         out: folder for ``memory.json`` and ``memory.png``.
         pskip, beta, retain_positions: Skip-Retain / cross-head settings (``--pskip``,
             ``--beta`` as in the recipes; ``retain_positions="contiguous"`` for the ablation).
+        positions: position scoring of every variant (``relative``, the Transformer-XL
+            default, or ``segment_end``, the paper's released code; default: the preset's).
         engine: ``"deepspeed"`` (model states as DeepSpeed holds them; ``ds_config`` picks
             the JSON) or ``"torch"`` (plain Adam, faster).
         isolate: run each variant in a fresh process (fair process peaks on CPU).
@@ -418,7 +421,7 @@ def run_memory(
     if tolerance < 0 or peak_tolerance < 0:
         raise SkipxlError("tolerance and peak_tolerance are relative excesses and must be >= 0")
     overrides = {k: v for k, v in (("tgt_len", tgt_len), ("mem_len", mem_len), ("n_token", n_token),
-                                   ("n_layer", n_layer)) if v is not None}
+                                   ("n_layer", n_layer), ("positions", positions)) if v is not None}
     skip_options = {"retain_positions": retain_positions} if retain_positions else None
     results: dict[str, dict[str, Any]] = {}
     for name in names:

@@ -27,8 +27,8 @@ dropout mask, LayerNorm input + mean/rstd    ``B T D m + B T D e + 2 B T 4``
 FF: input, ReLU output                       ``B T D e + B T Di e``
 FF: dropout mask + output (dropout>0)        ``B T Di (m + e)``
 FF: dropout mask, LayerNorm input + stats    ``B T D m + B T D e + 2 B T 4``
-gather path (retained memory, true dist.)    ``+ T K 8`` index (``K 8`` for segment_end)
-                                             ``+ B H T R e`` position scores
+gather path (retained memory, true dist.)    ``+ T K 8`` index ``+ B H T R e`` position scores
+  segment_end (one row per key)              ``+ K 8`` index; positional keys ``K H Dh e``
 ===========================================  ===================================
 
 Once per step (shared by the layers): the position table ``R_max D e``, one ``T x K`` bool
@@ -36,7 +36,9 @@ attention mask per distinct memory length, and with cross-head attention the
 ``[n_layer, H]`` int64 head index. Skip-Retain: a skipped layer costs 0; a layer whose
 memory was retained attends over true distances, so it may need more position rows
 (``R > K``) and a gather index: that is the only way Skip-Retain can hold *more* than
-the baseline in a step, and it is bounded by the last table row.
+the baseline in a step, and it is bounded by the last table row. With ``segment_end``
+scoring the excess shrinks to the longer table (``(R_max - K) D e``) and a ``[K]`` index,
+independent of the batch size: the layer itself keeps ``K`` positional keys.
 
 Embedding and adaptive softmax are included (token ids, masks, the head cluster's
 log-probabilities, the tail clusters' rows); the tail part depends on how many target
@@ -117,7 +119,8 @@ def layer_bytes(
         total += kv_in
     # --- scores
     total += 2 * b * t * hd * e  # q + u, q + v
-    total += b * k * hd * e + r * hd * e  # keys, positional keys (einsum operand copies)
+    r_used = k if gather and segment_end else r  # segment_end selects one row per key first
+    total += b * k * hd * e + r_used * hd * e  # keys, positional keys (einsum operand copies)
     total += b * h * t * k * STAT_BYTES  # softmax output
     if dropatt > 0:
         total += b * h * t * k * (mb + e)  # mask + dropped probabilities
@@ -125,9 +128,11 @@ def layer_bytes(
         total += b * h * t * k * e  # probabilities cast back to the activation dtype
     total += b * k * hd * e  # values
     total += b * t * hd * e  # output projection input
-    if gather:
+    if gather and segment_end:
+        total += k * INDEX_BYTES  # index_select keeps its [K] index
+    elif gather:
         # gather() keeps its index and its input: the position scores over all R rows.
-        total += (k if segment_end else t * k) * INDEX_BYTES + b * h * t * r * e
+        total += t * k * INDEX_BYTES + b * h * t * r * e
     drop_mask = b * t * d * mb if dropout > 0 else 0
     total += drop_mask
     ln = b * t * d * e + 2 * b * t * STAT_BYTES
