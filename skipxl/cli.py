@@ -274,30 +274,37 @@ def _lazy(module: str, attr: str, what: str) -> Any:
     return getattr(mod, attr)
 
 
-def _call_lazy(module: str, attr: str, what: str, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
-    """Call a lazily imported command, turning a flag it does not take into one clear error.
+_MEMORY_SUMMARY = "Memory accounting of the Transformer-XL variants against the baseline (gate, tables)."
+_GLUE_SUMMARY = "Report of a BERT + cross-head GLUE seed sweep: mean ± std, std reduction with bootstrap CI."
+#: Commands whose module is imported only when they run: name -> (module, function, summary).
+LAZY_COMMANDS: dict[str, tuple[str, str, str]] = {
+    "memory": ("skipxl.profiling.cli", "memory", _MEMORY_SUMMARY),
+    "glue-report": ("skipxl.glue.report", "main", _GLUE_SUMMARY),
+    "glue_report": ("skipxl.glue.report", "main", _GLUE_SUMMARY),
+}
 
-    fire hands every ``--flag`` of a ``*args, **kwargs`` wrapper through, so without this
-    check a typo would surface as a ``TypeError`` traceback from deep inside the command.
+
+def _lazy_command(what: str) -> Any:
+    """A ``*args, **kwargs`` stand-in for a lazy command that binds its flags before calling it.
+
+    fire hands every ``--flag`` of such a stand-in through, so without the check a typo would
+    surface as a ``TypeError`` traceback from deep inside the command.
     """
-    import inspect
+    module, attr, summary = LAZY_COMMANDS[what]
 
-    fn = _lazy(module, attr, what)
-    try:
-        inspect.signature(fn).bind(*args, **kwargs)
-    except TypeError as exc:
-        raise SkipxlError(f"`skipxl {what}`: {exc}; see `skipxl {what} --help` for its options") from None
-    return fn(*args, **kwargs)
+    def command(*args: Any, **kwargs: Any) -> Any:
+        import inspect
 
+        fn = _lazy(module, attr, what)
+        try:
+            inspect.signature(fn).bind(*args, **kwargs)
+        except TypeError as exc:
+            raise SkipxlError(f"`skipxl {what}`: {exc}; see `skipxl {what} --help` for its options") from None
+        return fn(*args, **kwargs)
 
-def memory(*args: Any, **kwargs: Any) -> Any:
-    """Memory accounting of Transformer-XL variants (skipxl.profiling.cli.memory; see its --help)."""
-    return _call_lazy("skipxl.profiling.cli", "memory", "memory", args, kwargs)
-
-
-def glue_report(*args: Any, **kwargs: Any) -> Any:
-    """Report of a BERT + cross-head GLUE seed sweep (skipxl.glue.report.glue_report)."""
-    return _call_lazy("skipxl.glue.report", "glue_report", "glue-report", args, kwargs)
+    command.__name__ = what.replace("-", "_")
+    command.__doc__ = summary
+    return command
 
 
 COMMANDS: dict[str, Any] = {
@@ -306,9 +313,7 @@ COMMANDS: dict[str, Any] = {
     "compare": compare,
     "data": {"prepare": data_prepare},
     "export": export,
-    "memory": memory,
-    "glue-report": glue_report,
-    "glue_report": glue_report,
+    **{name: _lazy_command(name) for name in LAZY_COMMANDS},
 }
 
 
@@ -340,8 +345,12 @@ def main(argv: Sequence[str] | None = None, *, name: str = "skipxl") -> int:
     import fire
 
     argv = list(sys.argv[1:] if argv is None else argv)
+    commands = dict(COMMANDS)
     try:
-        fire.Fire(COMMANDS, command=_help_argv(argv), name=name)
+        if argv and argv[0] in LAZY_COMMANDS and any(a in ("--help", "-h") for a in argv):
+            module, attr, _ = LAZY_COMMANDS[argv[0]]
+            commands[argv[0]] = _lazy(module, attr, argv[0])  # describe the real signature
+        fire.Fire(commands, command=_help_argv(argv), name=name)
     except SkipxlError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

@@ -146,7 +146,16 @@ def test_data_prepare_command():
 
 
 @pytest.mark.parametrize(
-    "args", [["--help"], ["train", "--help"], ["eval", "--help"], ["compare", "--help"], ["export", "-h"]]
+    "args",
+    [
+        ["--help"],
+        ["train", "--help"],
+        ["eval", "--help"],
+        ["compare", "--help"],
+        ["export", "-h"],
+        ["memory", "--help"],
+        ["glue-report", "--help"],
+    ],
 )
 def test_help_is_useful(args):
     res = run_cli(*args)
@@ -157,6 +166,10 @@ def test_help_is_useful(args):
         assert "--variant" in text and "--resume" in text
     if args[0] == "eval":
         assert "--mem_len" in text and "--same_length" in text
+    if args[0] == "memory":  # lazily imported: its own flags, not the stand-in's *args
+        assert "--retain_positions" in text and "--positions" in text
+    if args[0] == "glue-report":
+        assert "SWEEP_DIR" in text and "--n_boot" in text
 
 
 def test_recipe_help_and_bad_variant_through_the_script():
@@ -216,6 +229,7 @@ def test_bad_inputs_give_one_clear_line(capsys, tmp_path):
     assert "'positons'" in line and "skipxl memory --help" in line
     line = _one_error_line(capsys, ["glue-report", str(tmp_path), "--bogus", "1"])
     assert "skipxl glue-report --help" in line
+    assert "does not exist" in _one_error_line(capsys, ["glue-report", str(tmp_path / "no_sweep")])
 
 
 def test_unreadable_checkpoint_is_one_line(runs, tmp_path, capsys):

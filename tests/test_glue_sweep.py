@@ -122,6 +122,19 @@ def test_resumed_sweep_skips_finished_runs_and_report_is_unchanged(
 
 
 @pytest.mark.slow
+def test_glue_report_command_prints_and_writes_the_report(
+    finished_sweep: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from skipxl.cli import main
+
+    assert main(["glue-report", str(finished_sweep), "--out", str(tmp_path)]) == 0
+    printed = capsys.readouterr().out
+    assert "## RTE" in printed and "| cross_head | **accuracy** | 2 |" in printed
+    assert _report_bytes(tmp_path) == _report_bytes(finished_sweep)  # same defaults as the sweep's
+    assert (tmp_path / "glue_report.png").stat().st_size > 0
+
+
+@pytest.mark.slow
 def test_killed_run_restarts_cleanly(
     finished_sweep: Path, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:

@@ -23,7 +23,6 @@ import csv
 import io
 import json
 import math
-import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -399,13 +398,20 @@ def main(
     seed: int = 0,
     plot: bool = True,
 ) -> None:
-    """``skipxl glue-report SWEEP_DIR``: print the markdown table, write md/csv/png."""
-    try:
-        rep = glue_report(
-            sweep_dir, out, baseline=baseline, metric=metric, n_boot=n_boot, ci=ci, seed=seed, plot=plot
-        )
-    except SkipxlError as err:
-        print(f"error: {err}", file=sys.stderr)
-        raise SystemExit(2) from err
+    """Print the report of a GLUE seed sweep and write glue_report.{md,csv,png}.
+
+    Args:
+        sweep_dir: the sweep's --out folder (every result.json / failed.json below it counts).
+        out: where to write the files (default: ``sweep_dir``).
+        baseline: the variant the std reduction is measured against.
+        metric: the metric to compare (default: each task's primary metric).
+        n_boot, ci, seed: bootstrap resamples, confidence level and seed of the CI.
+        plot: also draw the per-seed strip/box plot (PNG).
+
+    Bad input raises :class:`SkipxlError`; the command-line entry points print it as one line.
+    """
+    rep = glue_report(
+        sweep_dir, out, baseline=baseline, metric=metric, n_boot=n_boot, ci=ci, seed=seed, plot=plot
+    )
     print(rep.markdown)
     print(f"wrote {rep.markdown_path}, {rep.csv_path}" + (f", {rep.plot_path}" if rep.plot_path else ""))
