@@ -15,7 +15,7 @@ import pytest
 from skipxl.errors import SkipxlError
 from skipxl.glue import sweep
 from skipxl.glue.finetune import FinetuneConfig, linear_warmup_decay
-from skipxl.glue.report import bootstrap_std_reduction, glue_report
+from skipxl.glue.report import bootstrap_std_reduction, equal_spread_p, glue_report
 from skipxl.glue.sweep import parse_seeds, parse_variants
 
 REPO = Path(__file__).resolve().parents[1]
@@ -221,10 +221,38 @@ def test_report_statistics(tmp_path: Path) -> None:
     assert lo <= f1["cross_head"].reduction <= hi
     assert rep.groups[0].metric == "f1" and rep.groups[0].primary  # primary metric first
     assert "| cross_head | **f1** | 4 | 0 | 1 |" in rep.markdown
+    assert f1["cross_head"].mean_diff == pytest.approx(mean_c - mean_b)
+    assert f1["cross_head"].spread_p == pytest.approx(_brown_forsythe_p(base, cross))
+    assert f1["baseline"].spread_p is None and f1["baseline"].mean_diff is None
     assert rep.csv_path.read_text().splitlines()[0].startswith("task,variant,metric,primary,n,failed")
     assert rep.plot_path is not None and rep.plot_path.stat().st_size > 0
     again = glue_report(tmp_path, n_boot=2000)
     assert again.markdown == rep.markdown  # deterministic bootstrap
+
+
+def _brown_forsythe_p(*groups: list[float]) -> float:
+    """By hand: one-way ANOVA F on absolute deviations from each group's median."""
+    from scipy.stats import f as f_dist
+
+    def median(xs: list[float]) -> float:
+        ys, n = sorted(xs), len(xs)
+        return ys[n // 2] if n % 2 else (ys[n // 2 - 1] + ys[n // 2]) / 2
+
+    z = [[abs(x - median(g)) for x in g] for g in groups]
+    k, n = len(z), sum(len(g) for g in z)
+    means = [sum(g) / len(g) for g in z]
+    grand = sum(sum(g) for g in z) / n
+    between = sum(len(g) * (m - grand) ** 2 for g, m in zip(z, means, strict=True)) / (k - 1)
+    within = sum((x - m) ** 2 for g, m in zip(z, means, strict=True) for x in g) / (n - k)
+    return float(f_dist.sf(between / within, k - 1, n - k))
+
+
+def test_equal_spread_p_value() -> None:
+    a, b = [0.81, 0.84, 0.79, 0.86, 0.80], [0.82, 0.83, 0.825, 0.835, 0.828]
+    assert equal_spread_p(a, b) == pytest.approx(_brown_forsythe_p(a, b))
+    assert equal_spread_p(a, a) == pytest.approx(1.0)
+    assert equal_spread_p([0.5], a) is None  # one run: no spread to compare
+    assert equal_spread_p([0.5, 0.5], [0.7, 0.7]) is None  # no spread at all
 
 
 def test_bootstrap_edge_cases() -> None:

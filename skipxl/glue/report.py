@@ -8,9 +8,12 @@ seeds a standard deviation is itself very uncertain, so the reduction
 
 is reported with a percentile bootstrap confidence interval: seeds are resampled with
 replacement within each variant independently (Efron & Tibshirani 1993). A positive value
-means the variant is *less* spread out. Runs that crashed or diverged (``failed.json``) are
-counted and excluded from the statistics; "degenerate" runs (a single predicted class on dev,
-the usual failure of small-data fine-tuning) are counted and kept.
+means the variant is *less* spread out. Next to it, the p-value of the Brown-Forsythe test
+(Levene's test about the median, ``scipy.stats.levene``; robust to non-normal scores) for
+"the two variants have the same spread", and the mean difference to the baseline. Runs that
+crashed or diverged (``failed.json``) are counted and excluded from the statistics;
+"degenerate" runs (a single predicted class on dev, the usual failure of small-data
+fine-tuning) are counted and kept.
 
 Outputs in the report folder: ``glue_report.md``, ``glue_report.csv``, ``glue_report.png``
 (per-seed scores: box + jittered strip per variant, one panel per task). Everything is
@@ -67,6 +70,8 @@ class GroupStats:
     wall_time_s: float | None
     reduction: float | None = None
     ci: tuple[float, float] | None = None
+    spread_p: float | None = None
+    mean_diff: float | None = None
 
     @property
     def n(self) -> int:
@@ -171,6 +176,19 @@ def bootstrap_std_reduction(
     return float(point), (float(lo), float(hi))
 
 
+def equal_spread_p(baseline: list[float], other: list[float]) -> float | None:
+    """Brown-Forsythe p-value for "same spread" (``None`` below 2 runs a side or no spread at all)."""
+    from scipy.stats import levene
+
+    b, o = np.asarray(baseline, dtype=np.float64), np.asarray(other, dtype=np.float64)
+    if b.size < 2 or o.size < 2:
+        return None
+    dev = np.concatenate([np.abs(b - np.median(b)), np.abs(o - np.median(o))])
+    if float(dev.max()) <= ZERO_STD * max(1.0, float(np.abs(np.concatenate([b, o])).max())):
+        return None  # both constant: the statistic is 0/0
+    return float(levene(b, o, center="median").pvalue)
+
+
 def _variant_order(variants: set[str], baseline: str) -> list[str]:
     return sorted(variants, key=lambda v: (v != baseline, v))
 
@@ -223,12 +241,19 @@ def summarise(
                     res = bootstrap_std_reduction(base.scores, stats.scores, n_boot=n_boot, ci=ci, seed=seed)
                     if res is not None:
                         stats.reduction, stats.ci = res
+                    stats.spread_p = equal_spread_p(base.scores, stats.scores)
+                    if stats.scores and base.scores:
+                        stats.mean_diff = stats.mean - base.mean
                 groups.append(stats)
     return groups
 
 
 def _fmt(x: float | None, scale: float = 100.0, digits: int = 2) -> str:
     return "n/a" if x is None or not math.isfinite(x) else f"{x * scale:.{digits}f}"
+
+
+def _signed(x: float | None) -> str:
+    return "n/a" if x is None or not math.isfinite(x) else f"{x * 100:+.2f}"
 
 
 def _pct(x: float | None) -> str:
@@ -242,8 +267,9 @@ def render_markdown(groups: list[GroupStats], *, baseline: str, ci: float, n_boo
         "",
         f"Dev scores x100 after the last step. std = sample std (ddof 1). std reduction = "
         f"1 - std(variant)/std({baseline}); positive = less spread; [{ci:.0%} percentile bootstrap CI over "
-        f"seeds, {n_boot} resamples]. failed = crashed/diverged runs (excluded); degenerate = one predicted "
-        "class on dev (kept).",
+        f"seeds, {n_boot} resamples]. p = Brown-Forsythe test of equal spread. Δ mean = mean(variant) - "
+        f"mean({baseline}). failed = crashed/diverged runs (excluded); degenerate = one predicted class on "
+        "dev (kept).",
     ]
     for task in dict.fromkeys(g.task for g in groups):
         lines += [
@@ -251,8 +277,8 @@ def render_markdown(groups: list[GroupStats], *, baseline: str, ci: float, n_boo
             f"## {task.upper()}",
             "",
             "| variant | metric | n | failed | degenerate | mean ± std | min | max | std reduction [CI] "
-            "| wall s/run |",
-            "|---|---|---|---|---|---|---|---|---|---|",
+            "| p | Δ mean | wall s/run |",
+            "|---|---|---|---|---|---|---|---|---|---|---|---|",
         ]
         for g in (g for g in groups if g.task == task):
             red = (
@@ -268,9 +294,12 @@ def render_markdown(groups: list[GroupStats], *, baseline: str, ci: float, n_boo
             )
             metric = f"**{g.metric}**" if g.primary else g.metric
             wall = "n/a" if g.wall_time_s is None else f"{g.wall_time_s:.0f}"
+            p_val = "—" if g.variant == baseline else _fmt(g.spread_p, scale=1.0, digits=3)
+            diff = "—" if g.variant == baseline else _signed(g.mean_diff)
             lines.append(
                 f"| {g.variant} | {metric} | {g.n} | {g.failed} | {g.degenerate} | "
-                f"{_fmt(g.mean)} ± {_fmt(g.std)} | {_fmt(g.min)} | {_fmt(g.max)} | {red} | {wall} |"
+                f"{_fmt(g.mean)} ± {_fmt(g.std)} | {_fmt(g.min)} | {_fmt(g.max)} | {red} | {p_val} | {diff} "
+                f"| {wall} |"
             )
     return "\n".join(lines) + "\n"
 
@@ -290,6 +319,8 @@ CSV_FIELDS = (
     "std_reduction",
     "ci_low",
     "ci_high",
+    "spread_p",
+    "mean_diff",
     "wall_time_s",
     "seeds",
     "scores",
@@ -315,7 +346,10 @@ def render_csv(groups: list[GroupStats]) -> str:
                     f"{v:.6f}" if v is not None and math.isfinite(v) else ""
                     for v in (g.mean, g.std, g.min, g.max)
                 ),
-                *(f"{v:.6f}" if v is not None else "" for v in (g.reduction, *(g.ci or (None, None)))),
+                *(
+                    f"{v:.6f}" if v is not None else ""
+                    for v in (g.reduction, *(g.ci or (None, None)), g.spread_p, g.mean_diff)
+                ),
                 "" if g.wall_time_s is None else f"{g.wall_time_s:.2f}",
                 ";".join(str(s) for s in g.seeds),
                 ";".join(f"{s:.6f}" for s in g.scores),
