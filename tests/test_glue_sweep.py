@@ -230,6 +230,20 @@ def test_report_statistics(tmp_path: Path) -> None:
     assert again.markdown == rep.markdown  # deterministic bootstrap
 
 
+def test_report_refuses_to_pool_runs_with_different_settings(tmp_path: Path) -> None:
+    for sweep_name, lr in (("a", 2e-5), ("b", 5e-5)):
+        for variant in ("baseline", "cross_head"):
+            run = tmp_path / sweep_name / "rte" / variant / "seed_0"
+            run.mkdir(parents=True)
+            cfg = {"task": "rte", "variant": variant, "init_seed": 0, "data_seed": 0, "lr": lr}
+            (run / "config.json").write_text(json.dumps(cfg))
+            result = {"task": "rte", "variant": variant, "init_seed": 0, "metrics": {"accuracy": 0.5}}
+            (run / "result.json").write_text(json.dumps(result))
+    assert glue_report(tmp_path / "a", plot=False).groups  # one sweep: variants and seeds may differ
+    with pytest.raises(SkipxlError, match=r"different settings \(lr: 2e-05 vs 5e-05\)"):
+        glue_report(tmp_path, plot=False)
+
+
 def _brown_forsythe_p(*groups: list[float]) -> float:
     """By hand: one-way ANOVA F on absolute deviations from each group's median."""
     from scipy.stats import f as f_dist

@@ -53,6 +53,7 @@ class RunRecord:
     degenerate: bool = False
     wall_time_s: float | None = None
     path: str = ""
+    config: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass
@@ -141,11 +142,46 @@ def collect_runs(sweep_dir: str | Path) -> list[RunRecord]:
                 degenerate=bool(payload.get("degenerate", False)),
                 wall_time_s=payload.get("wall_time_s"),
                 path=str(path.parent.relative_to(root)),
+                config=_read_config(path.parent / "config.json"),
             )
         )
     if not records:
         raise SkipxlError(f"no finished runs (result.json) under {root}; run a sweep into it first")
     return records
+
+
+#: Config fields that legitimately differ between the runs of one task's comparison.
+PER_RUN_FIELDS = frozenset({"variant", "init_seed", "data_seed"})
+
+
+def _read_config(path: Path) -> dict[str, Any]:
+    if not path.is_file():
+        return {}
+    try:
+        payload = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError) as exc:
+        raise SkipxlError(f"{path} is not valid JSON ({exc}); delete the run folder to rerun it") from exc
+    return payload if isinstance(payload, dict) else {}
+
+
+def check_comparable(records: list[RunRecord]) -> None:
+    """Refuse to pool runs of one task trained with different settings (e.g. two sweeps in one
+    parent folder): their spread would mix seeds with recipes. Runs without config.json pass."""
+    by_task: dict[str, list[RunRecord]] = {}
+    for r in records:
+        if r.config:
+            by_task.setdefault(r.task, []).append(r)
+    for task, runs in by_task.items():
+        ref = runs[0]
+        for r in runs[1:]:
+            keys = (set(ref.config) | set(r.config)) - PER_RUN_FIELDS
+            diff = sorted(k for k in keys if ref.config.get(k) != r.config.get(k))
+            if diff:
+                shown = ", ".join(f"{k}: {ref.config.get(k)!r} vs {r.config.get(k)!r}" for k in diff[:3])
+                raise SkipxlError(
+                    f"{task}: runs {ref.path} and {r.path} were trained with different settings ({shown}); "
+                    "report each sweep's own --out folder"
+                )
 
 
 def bootstrap_std_reduction(
@@ -404,6 +440,7 @@ def glue_report(
     if n_boot < 100:
         raise SkipxlError(f"n_boot must be at least 100, got {n_boot}")
     records = collect_runs(sweep_dir)
+    check_comparable(records)
     groups = summarise(records, baseline=baseline, metric=metric, n_boot=n_boot, ci=ci, seed=seed)
     out = Path(out_dir) if out_dir is not None else Path(sweep_dir)
     out.mkdir(parents=True, exist_ok=True)
