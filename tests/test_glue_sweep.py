@@ -15,7 +15,7 @@ import pytest
 from skipxl.errors import SkipxlError
 from skipxl.glue import sweep
 from skipxl.glue.finetune import FinetuneConfig, linear_warmup_decay
-from skipxl.glue.report import bootstrap_std_reduction, equal_spread_p, glue_report
+from skipxl.glue.report import bootstrap_std_reduction, equal_spread_p, glue_report, std_reduction_power
 from skipxl.glue.sweep import parse_seeds, parse_variants
 
 REPO = Path(__file__).resolve().parents[1]
@@ -221,6 +221,7 @@ def test_report_statistics(tmp_path: Path) -> None:
     assert lo <= f1["cross_head"].reduction <= hi
     assert rep.groups[0].metric == "f1" and rep.groups[0].primary  # primary metric first
     assert "| cross_head | **f1** | 4 | 0 | 1 |" in rep.markdown
+    assert f"{std_reduction_power(4, 4):.0%} with 4 + 4 runs" in rep.markdown
     assert f1["cross_head"].mean_diff == pytest.approx(mean_c - mean_b)
     assert f1["cross_head"].spread_p == pytest.approx(_brown_forsythe_p(base, cross))
     assert f1["baseline"].spread_p is None and f1["baseline"].mean_diff is None
@@ -267,6 +268,23 @@ def test_equal_spread_p_value() -> None:
     assert equal_spread_p(a, a) == pytest.approx(1.0)
     assert equal_spread_p([0.5], a) is None  # one run: no spread to compare
     assert equal_spread_p([0.5, 0.5], [0.7, 0.7]) is None  # no spread at all
+
+
+@pytest.mark.parametrize(("n_base", "n_other"), [(5, 5), (20, 12)])
+def test_std_reduction_power_matches_simulation(n_base: int, n_other: int) -> None:
+    """Simulate sweeps whose true std is 30% lower and count how often the F test rejects."""
+    import numpy as np
+    from scipy.stats import f as f_dist
+
+    rng = np.random.default_rng(0)
+    sims = 20_000
+    s_b = rng.normal(0.0, 1.0, size=(sims, n_base)).var(axis=1, ddof=1)  # [sims]
+    s_o = rng.normal(0.0, 0.7, size=(sims, n_other)).var(axis=1, ddof=1)  # [sims]
+    crit = f_dist.ppf(0.05, n_other - 1, n_base - 1)
+    simulated = float(np.mean(s_o / s_b < crit))
+    assert std_reduction_power(n_base, n_other, 0.30) == pytest.approx(simulated, abs=0.015)
+    assert std_reduction_power(n_base, n_other, 0.0) == pytest.approx(0.05)  # no effect: the level
+    assert std_reduction_power(1, 5) != std_reduction_power(1, 5)  # nan: no spread with one run
 
 
 def test_bootstrap_edge_cases() -> None:
