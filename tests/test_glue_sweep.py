@@ -361,17 +361,19 @@ from pathlib import Path
 from skipxl.engine.distributed import ensure_accelerator_env
 ensure_accelerator_env()
 from skipxl.glue.finetune import FinetuneConfig, finetune
-glue, out = [a for a in sys.argv[1:] if not a.startswith("--local_rank")]
+glue, out, ds_config = [a for a in sys.argv[1:] if not a.startswith("--local_rank")]
 cfg = FinetuneConfig(task="rte", model="tiny-random", variant="cross_head", beta=0.5, dropout=0.0,
-                     max_steps=3, batch_size=8, glue_dir=glue, log_every=1, lr=1e-3)
+                     max_steps=3, batch_size=8, glue_dir=glue, log_every=1, lr=1e-3, ds_config=ds_config)
 finetune(cfg, Path(out))
 """
 
 
 @pytest.mark.slow
-def test_two_ranks_train_like_one(tmp_path: Path) -> None:
+@pytest.mark.parametrize("ds_config", ["cpu", "cpu_zero2", "cpu_zero3"])
+def test_two_ranks_train_like_one(tmp_path: Path, ds_config: str) -> None:
     """Rank r / micro step a read a fixed slice of each global batch and every rank draws the same
-    head indices, so (without dropout) two data-parallel ranks reproduce one process's losses."""
+    head indices, so (without dropout) two data-parallel ranks reproduce one process's losses,
+    with the parameters, gradients and optimizer states sharded by ZeRO-2/3 or not."""
     glue = make_rte(tmp_path / "glue")
     script = tmp_path / "worker.py"
     script.write_text(WORKER)
@@ -385,7 +387,7 @@ def test_two_ranks_train_like_one(tmp_path: Path) -> None:
         2: [str(launcher), "--num_gpus", "2", "--master_port", str(port), str(script)],
     }
     for world, cmd in commands.items():
-        cmd = [*cmd, str(glue), str(tmp_path / f"w{world}")]
+        cmd = [*cmd, str(glue), str(tmp_path / f"w{world}"), "cpu" if world == 1 else ds_config]
         proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600, check=False)
         assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
     losses = {}
@@ -393,5 +395,7 @@ def test_two_ranks_train_like_one(tmp_path: Path) -> None:
         lines = (tmp_path / f"w{world}" / "metrics.jsonl").read_text().splitlines()
         losses[world] = [json.loads(x)["loss"] for x in lines if json.loads(x)["split"] == "train"]
         assert json.loads((tmp_path / f"w{world}" / "result.json").read_text())["world_size"] == world
+    stage = json.loads((tmp_path / "w2" / "meta.json").read_text())["zero_stage"]
+    assert stage == {"cpu": 0, "cpu_zero2": 2, "cpu_zero3": 3}[ds_config]
     assert len(losses[1]) == 3
     assert losses[2] == pytest.approx(losses[1], rel=1e-5)
