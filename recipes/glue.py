@@ -23,6 +23,7 @@ ensure_accelerator_env()  # before anything imports deepspeed
 
 import fire  # noqa: E402
 
+from skipxl.engine.distributed import shutdown_multi_rank  # noqa: E402
 from skipxl.errors import SkipxlError  # noqa: E402
 from skipxl.glue import report, sweep  # noqa: E402
 
@@ -37,6 +38,7 @@ def cli() -> None:
     except SkipxlError as err:
         print(f"error: {err}", file=sys.stderr)
         sys.exit(2)
+    shutdown_multi_rank()
 
 
 if __name__ == "__main__":

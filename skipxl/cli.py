@@ -359,6 +359,9 @@ def main(argv: Sequence[str] | None = None, *, name: str = "skipxl") -> int:
     except KeyboardInterrupt:
         print("error: interrupted", file=sys.stderr)
         return 130
+    from skipxl.engine.distributed import shutdown_multi_rank
+
+    shutdown_multi_rank()
     return 0
 
 

@@ -88,3 +88,6 @@ def main() -> None:
 
 if __name__ == "__main__":
     main()
+    from skipxl.engine.distributed import shutdown_multi_rank
+
+    shutdown_multi_rank()

@@ -59,3 +59,17 @@ def ensure_accelerator_env() -> str:
 
         os.environ["DS_ACCELERATOR"] = "cuda" if torch.cuda.is_available() else "cpu"
     return os.environ["DS_ACCELERATOR"]
+
+
+def shutdown_multi_rank() -> None:
+    """Leave a multi-rank process group cleanly at the end of a launched job: barrier, destroy.
+
+    A rank that exits with a live gloo group can have its communication threads torn down while
+    a peer still talks to it, which aborts that process ("terminate called without an active
+    exception", exit -6) after all the work is done. One-process worlds are left alone.
+    """
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+        dist.barrier()
+        dist.destroy_process_group()
