@@ -91,3 +91,9 @@ if __name__ == "__main__":
     from skipxl.engine.distributed import shutdown_multi_rank
 
     shutdown_multi_rank()
+    # Every result is written by now. Skip interpreter teardown: on CPU, DeepSpeed's shared-memory
+    # communication op can abort there ("terminate called without an active exception", -6), which
+    # occasionally failed this finished worker.
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0)
