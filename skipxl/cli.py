@@ -317,9 +317,13 @@ COMMANDS: dict[str, Any] = {
 }
 
 
+def _asks_for_help(argv: list[str]) -> bool:
+    return any(a in ("--help", "-h") for a in argv) and "--" not in argv
+
+
 def _help_argv(argv: list[str]) -> list[str]:
     """Route ``--help``/``-h`` to fire's help even for commands that accept free-form flags."""
-    if any(a in ("--help", "-h") for a in argv) and "--" not in argv:
+    if _asks_for_help(argv):
         # keep only the command words: fire would otherwise *run* the command with the other flags
         # and then describe its result
         words = []
@@ -347,7 +351,7 @@ def main(argv: Sequence[str] | None = None, *, name: str = "skipxl") -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     commands = dict(COMMANDS)
     try:
-        if argv and argv[0] in LAZY_COMMANDS and any(a in ("--help", "-h") for a in argv):
+        if argv and argv[0] in LAZY_COMMANDS and _asks_for_help(argv):
             module, attr, _ = LAZY_COMMANDS[argv[0]]
             commands[argv[0]] = _lazy(module, attr, argv[0])  # describe the real signature
         fire.Fire(commands, command=_help_argv(argv), name=name)

@@ -64,9 +64,10 @@ def ensure_accelerator_env() -> str:
 def shutdown_multi_rank() -> None:
     """Leave a multi-rank process group cleanly at the end of a launched job: barrier, destroy.
 
-    A rank that exits with a live gloo group can have its communication threads torn down while
-    a peer still talks to it, which aborts that process ("terminate called without an active
-    exception", exit -6) after all the work is done. One-process worlds are left alone.
+    Ranks finish together and no rank exits while a peer still talks to it. This does not stop
+    an occasional abort later in interpreter teardown on CPU ("terminate called without an
+    active exception", exit -6, most likely DeepSpeed's shared-memory comm op); see
+    tests/ds_worker.py. One-process worlds are left alone.
     """
     import torch.distributed as dist
 

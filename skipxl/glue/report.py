@@ -33,7 +33,7 @@ from typing import Any
 import numpy as np
 
 from skipxl.errors import SkipxlError
-from skipxl.glue.runlog import FAILED_FILE, RESULT_FILE
+from skipxl.glue.runlog import FAILED_FILE, RESULT_FILE, config_diff
 from skipxl.glue.tasks import TASKS, get_task
 
 REPORT_STEM = "glue_report"
@@ -174,8 +174,7 @@ def check_comparable(records: list[RunRecord]) -> None:
     for task, runs in by_task.items():
         ref = runs[0]
         for r in runs[1:]:
-            keys = (set(ref.config) | set(r.config)) - PER_RUN_FIELDS
-            diff = sorted(k for k in keys if ref.config.get(k) != r.config.get(k))
+            diff = config_diff(ref.config, r.config, PER_RUN_FIELDS)
             if diff:
                 shown = ", ".join(f"{k}: {ref.config.get(k)!r} vs {r.config.get(k)!r}" for k in diff[:3])
                 raise SkipxlError(

@@ -59,6 +59,11 @@ def build_meta(**fields: Any) -> dict[str, Any]:
     }
 
 
+def config_diff(a: dict[str, Any], b: dict[str, Any], ignore: frozenset[str] = frozenset()) -> list[str]:
+    """Sorted fields (outside ``ignore``) whose values differ between two run configs."""
+    return sorted(k for k in (set(a) | set(b)) - ignore if a.get(k) != b.get(k))
+
+
 def is_finished(run_dir: Path, *, include_failed: bool = True) -> bool:
     """True when the run folder holds a readable completion marker."""
     for name in (RESULT_FILE, FAILED_FILE) if include_failed else (RESULT_FILE,):

@@ -25,7 +25,7 @@ from typing import Any
 from skipxl.config_io import save_json, to_dict
 from skipxl.errors import SkipxlError, require
 from skipxl.glue.finetune import VARIANTS, FinetuneConfig, finetune
-from skipxl.glue.runlog import FAILED_FILE, git_info, is_finished, reset_run_dir, write_marker
+from skipxl.glue.runlog import FAILED_FILE, config_diff, git_info, is_finished, reset_run_dir, write_marker
 from skipxl.glue.tasks import parse_tasks, resolve_glue_dir, task_file
 
 
@@ -138,8 +138,7 @@ def _check_same_config(run: PlannedRun) -> None:
         old = json.loads(path.read_text())
     except json.JSONDecodeError:
         return
-    new = to_dict(run.cfg)
-    diff = sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k))
+    diff = config_diff(old, to_dict(run.cfg))
     if diff:
         raise SkipxlError(
             f"{run.run_dir} was trained with a different configuration (fields {diff}); use another --out "
