@@ -64,9 +64,7 @@ def from_dict(cls: type[T], data: dict[str, Any]) -> T:
     names = {f.name for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
     unknown = sorted(set(data) - names)
     if unknown:
-        raise SkipxlError(
-            f"unknown {cls.__name__} field(s) {unknown}; valid fields are {sorted(names)}"
-        )
+        raise SkipxlError(f"unknown {cls.__name__} field(s) {unknown}; valid fields are {sorted(names)}")
     kwargs = {k: _coerce(hints[k], v) for k, v in data.items()}
     return cls(**kwargs)
 

@@ -244,9 +244,7 @@ def test_character_corpora_are_scored_in_bits_per_character(tmp_path):
         split = (len(payload) - 600, 300, 300)
         with zipfile.ZipFile(folder / f"{corpus}.zip", "w") as zf:
             zf.writestr(member, payload)
-        cfg = DataConfig(
-            corpus=corpus, data_dir=str(folder), char_split=split, cache_dir=str(tmp_path / "c")
-        )
+        cfg = DataConfig(corpus=corpus, data_dir=str(folder), char_split=split, cache_dir=str(tmp_path / "c"))
         level = metric_level(load_corpus(cfg).vocab.level)
         assert level == "char", corpus
         assert loss_metrics(math.log(2.0), level, "val") == {"val/loss": math.log(2.0), "val/bpc": 1.0}

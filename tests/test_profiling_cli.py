@@ -64,8 +64,12 @@ def test_enabled_profiler_records_logs_and_detaches(tmp_path):
     model = tiny_model()
     writer = FakeWriter()
     sunk: list[tuple[int, dict]] = []
-    prof = MemoryProfiler(enabled=True, writer=writer, jsonl_path=tmp_path / "m.jsonl",
-                          sink=lambda step, values: sunk.append((step, values))).attach(model)
+    prof = MemoryProfiler(
+        enabled=True,
+        writer=writer,
+        jsonl_path=tmp_path / "m.jsonl",
+        sink=lambda step, values: sunk.append((step, values)),
+    ).attach(model)
     assert hook_count(model) > 0
     got = train(model, profiler=prof)
     with torch.no_grad():  # evaluation is not profiled

@@ -59,33 +59,57 @@ def run(cfg, steps: int = STEPS, first_plan: StepPlan | None = None, plans=None)
         mlens, rlens, gather = memory_geometry(cfg, mems, t, skip)
         mixed = out.plan.head_index is not None and any(
             not torch.equal(out.plan.head_index[i], torch.arange(cfg.n_head))
-            for i in range(cfg.n_layer) if not (skip and skip[i])
+            for i in range(cfg.n_layer)
+            if not (skip and skip[i])
         )
-        est = estimate_step(cfg, BATCH, mlens=mlens, rlens=rlens, gather=gather, skip=skip,
-                            cross_head=mixed, cluster_tokens=cluster_counts(y, cfg))
+        est = estimate_step(
+            cfg,
+            BATCH,
+            mlens=mlens,
+            rlens=rlens,
+            gather=gather,
+            skip=skip,
+            cross_head=mixed,
+            cluster_tokens=cluster_counts(y, cfg),
+        )
         out.loss.backward()
         opt.step()
         opt.zero_grad(set_to_none=True)
         mb = mems_bytes(out.mems)
-        rows.append(dict(saved=acct.snapshot().peak_live_bytes, live_after=acct.live_bytes,
-                         estimate=est.total, mems=mb.total, mems_held=mb.total_held, skip=skip,
-                         mlens=mlens, rlens=rlens, gather=gather))
+        rows.append(
+            dict(
+                saved=acct.snapshot().peak_live_bytes,
+                live_after=acct.live_bytes,
+                estimate=est.total,
+                mems=mb.total,
+                mems_held=mb.total_held,
+                skip=skip,
+                mlens=mlens,
+                rlens=rlens,
+                gather=gather,
+            )
+        )
         mems = out.mems
     return rows
 
 
 # ----------------------------------------------------------------------------- analytic estimate
 
-@pytest.mark.parametrize("kw", [
-    {},
-    {"dropatt": 0.1},
-    {"dropout": 0.0},
-    {"pre_lnorm": True},
-    {"positions": "segment_end"},
-    {"d_embed": 16},
-    {"cutoffs": (10, 30)},
-    {"cutoffs": (10, 30), "div_val": 2},
-], ids=lambda kw: ",".join(f"{k}={v}" for k, v in kw.items()) or "default")
+
+@pytest.mark.parametrize(
+    "kw",
+    [
+        {},
+        {"dropatt": 0.1},
+        {"dropout": 0.0},
+        {"pre_lnorm": True},
+        {"positions": "segment_end"},
+        {"d_embed": 16},
+        {"cutoffs": (10, 30)},
+        {"cutoffs": (10, 30), "div_val": 2},
+    ],
+    ids=lambda kw: ",".join(f"{k}={v}" for k, v in kw.items()) or "default",
+)
 def test_estimate_equals_measured_bytes_every_step(kw):
     rows = run(small(**kw), steps=4)  # memory: empty, partial (5 of 7), full
     assert [r["mlens"][0] for r in rows] == [0, 5, 7, 7]
@@ -98,8 +122,17 @@ def test_estimate_equals_measured_bytes_every_step(kw):
 def test_estimate_on_retained_memory_gather_path(positions):
     cfg = apply_variant(small(positions=positions), "skip_retain", pskip=0.5)
     keep, skip1 = (False,) * 3, (False, True, False)
-    rows = run(cfg, steps=5, plans=[StepPlan(skip=keep), StepPlan(skip=keep), StepPlan(skip=skip1),
-                                    StepPlan(skip=skip1), StepPlan(skip=keep)])
+    rows = run(
+        cfg,
+        steps=5,
+        plans=[
+            StepPlan(skip=keep),
+            StepPlan(skip=keep),
+            StepPlan(skip=skip1),
+            StepPlan(skip=skip1),
+            StepPlan(skip=keep),
+        ],
+    )
     assert rows[4]["gather"] == [False, True, False]  # layer 1 attends to a memory two steps old
     assert rows[4]["rlens"][1] > rows[4]["mlens"][1] + cfg.tgt_len
     for r in rows:
@@ -122,6 +155,7 @@ def test_layer_bytes_bf16_cuda_rule_differs_where_it_should():
 
 
 # ----------------------------------------------------------------------------- the paper's claims
+
 
 def _variants(pskip=1.0, beta=0.5, positions="relative", **skip_options):
     base, opts = small(positions=positions), skip_options or None

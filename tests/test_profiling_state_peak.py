@@ -67,9 +67,18 @@ def test_deepspeed_estimator_wrapper():
 def test_deepspeed_zero2_state_bytes_match_estimator():
     """fp32 ZeRO-2 on one rank holds 4 (params) + 4 (grads) + 4 (fp32 partition) + 8 (Adam)
     bytes/param: DeepSpeed's mixed-precision estimate 2 + 18 bytes/param totals the same."""
-    res = run_isolated("skipxl.profiling.cli:profile_variant", dict(
-        preset="tiny", variant="baseline", steps=2, batch=2, engine="deepspeed", ds_config="cpu_zero2",
-        overrides={"n_layer": 2}))
+    res = run_isolated(
+        "skipxl.profiling.cli:profile_variant",
+        dict(
+            preset="tiny",
+            variant="baseline",
+            steps=2,
+            batch=2,
+            engine="deepspeed",
+            ds_config="cpu_zero2",
+            overrides={"n_layer": 2},
+        ),
+    )
     last = res["records"][-1]
     assert last["states/zero_stage"] == 2
     measured = last["states/params"] + last["states/grads"] + last["states/optimizer"]
@@ -100,9 +109,18 @@ def test_peak_tracker_cpu_reset_and_read():
 def test_profiling_under_zero3():
     """Partitioned parameters (gathered per layer) and the shared u/v biases still train and
     are accounted: parameters are never counted as activations."""
-    res = run_isolated("skipxl.profiling.cli:profile_variant", dict(
-        preset="tiny", variant="combined", steps=2, batch=2, engine="deepspeed", ds_config="cpu_zero3",
-        overrides={"n_layer": 2}))
+    res = run_isolated(
+        "skipxl.profiling.cli:profile_variant",
+        dict(
+            preset="tiny",
+            variant="combined",
+            steps=2,
+            batch=2,
+            engine="deepspeed",
+            ds_config="cpu_zero3",
+            overrides={"n_layer": 2},
+        ),
+    )
     assert len(res["records"]) == 2
     for r in res["records"]:
         assert r["states/zero_stage"] == 3

@@ -26,8 +26,9 @@ CONFIGS: dict[str, dict[str, Any]] = {
 }
 
 
-def main(out: str = "runs/memory_bench", only: str = "", steps: int | None = None,
-         engine: str = "deepspeed") -> None:
+def main(
+    out: str = "runs/memory_bench", only: str = "", steps: int | None = None, engine: str = "deepspeed"
+) -> None:
     from skipxl.profiling.cli import run_memory
 
     out_dir = Path(out)

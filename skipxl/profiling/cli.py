@@ -77,7 +77,8 @@ def variant_config(
 
     base = get_preset(preset, **(overrides or {}))
     return apply_variant(
-        base, variant,
+        base,
+        variant,
         pskip=pskip if uses_skip(variant) else None,
         beta=beta if uses_cross_head(variant) else None,
         skip_options=skip_options if uses_skip(variant) and skip_options else None,
@@ -101,8 +102,9 @@ def profile_variant(
 ) -> dict[str, Any]:
     """Train one variant for ``steps`` steps under a profiler; return a JSON-able summary."""
     cfg = variant_config(preset, variant, overrides, pskip, beta, skip_options)
-    dev = torch.device("cuda" if device == "auto" and torch.cuda.is_available() else
-                       ("cpu" if device == "auto" else device))
+    dev = torch.device(
+        "cuda" if device == "auto" and torch.cuda.is_available() else ("cpu" if device == "auto" else device)
+    )
     tokens = synthetic_stream(cfg.n_token, batch, steps * cfg.tgt_len + 1, seed)  # [B, S*T+1]
     torch.manual_seed(seed)
     model = build_model(cfg, variant).to(dev)
@@ -227,14 +229,17 @@ def summarize(result: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-def compare(summaries: dict[str, dict[str, Any]], tolerance: float, peak_tolerance: float,
-            fair_peak: bool) -> tuple[dict[str, dict[str, float]], list[str]]:
+def compare(
+    summaries: dict[str, dict[str, Any]], tolerance: float, peak_tolerance: float, fair_peak: bool
+) -> tuple[dict[str, dict[str, float]], list[str]]:
     """Ratios of every variant to the baseline and the list of tolerance violations."""
     base = summaries["baseline"]
     ratios: dict[str, dict[str, float]] = {}
     violations: list[str] = []
-    checks = [("mems_held_bytes", tolerance, "held memory (mems) bytes"),
-              ("saved_max", tolerance, "peak saved activations")]
+    checks = [
+        ("mems_held_bytes", tolerance, "held memory (mems) bytes"),
+        ("saved_max", tolerance, "peak saved activations"),
+    ]
     if fair_peak:
         checks.append(("peak", peak_tolerance, "process peak"))
     for name, s in summaries.items():
@@ -243,8 +248,11 @@ def compare(summaries: dict[str, dict[str, Any]], tolerance: float, peak_toleran
             r[key] = s[key] / base[key] if base[key] else math.nan
         bp, vp = _peak_of(base), _peak_of(s)
         r["peak"] = vp / bp if bp else math.nan
-        above = [i for i, (a, b) in enumerate(zip(s["saved_per_step"], base["saved_per_step"], strict=False))
-                 if a > b]
+        above = [
+            i
+            for i, (a, b) in enumerate(zip(s["saved_per_step"], base["saved_per_step"], strict=False))
+            if a > b
+        ]
         r["steps_above_baseline"] = len(above)
         ratios[name] = r
         if name == "baseline":
@@ -268,16 +276,42 @@ def _mib(x: float) -> str:
 
 def format_table(summaries: dict[str, dict[str, Any]], ratios: dict[str, dict[str, float]]) -> str:
     """The main table (MiB; ratios to the baseline)."""
-    head = ["variant", "mems", "mems held", "saved mean", "saved max", "estimate max", "peak",
-            "x mems held", "x saved mean", "x saved max", "x peak", "steps>base", "skip steps"]
+    head = [
+        "variant",
+        "mems",
+        "mems held",
+        "saved mean",
+        "saved max",
+        "estimate max",
+        "peak",
+        "x mems held",
+        "x saved mean",
+        "x saved max",
+        "x peak",
+        "steps>base",
+        "skip steps",
+    ]
     rows = [head]
     for name, s in summaries.items():
         r = ratios[name]
-        sizes = [s["mems_bytes"], s["mems_held_bytes"], s["saved_mean"], s["saved_max"], s["estimate_max"],
-                 _peak_of(s)]
+        sizes = [
+            s["mems_bytes"],
+            s["mems_held_bytes"],
+            s["saved_mean"],
+            s["saved_max"],
+            s["estimate_max"],
+            _peak_of(s),
+        ]
         rel = [r["mems_held_bytes"], r["saved_mean"], r["saved_max"], r["peak"]]
-        rows.append([name, *(_mib(x) for x in sizes), *(f"{x:.4f}" for x in rel),
-                     str(r["steps_above_baseline"]), str(len(s["skip_steps"]))])
+        rows.append(
+            [
+                name,
+                *(_mib(x) for x in sizes),
+                *(f"{x:.4f}" for x in rel),
+                str(r["steps_above_baseline"]),
+                str(len(s["skip_steps"])),
+            ]
+        )
     return _render(rows)
 
 
@@ -317,16 +351,25 @@ def _render(rows: list[list[str]]) -> str:
     return "\n".join(lines)
 
 
-def plot(summaries: dict[str, dict[str, Any]], ratios: dict[str, dict[str, float]], path: Path,
-         tolerance: float, title: str) -> None:
+def plot(
+    summaries: dict[str, dict[str, Any]],
+    ratios: dict[str, dict[str, float]],
+    path: Path,
+    tolerance: float,
+    title: str,
+) -> None:
     """Grouped bars: each metric's ratio to the baseline, with the tolerance line."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    metrics = [("mems_held_bytes", "mems held"), ("saved_mean", "saved mean"), ("saved_max", "saved max"),
-               ("peak", "process peak")]
+    metrics = [
+        ("mems_held_bytes", "mems held"),
+        ("saved_mean", "saved mean"),
+        ("saved_max", "saved max"),
+        ("peak", "process peak"),
+    ]
     names = list(summaries)
     fig, ax = plt.subplots(figsize=(8, 4))
     width = 0.8 / len(names)
@@ -335,10 +378,17 @@ def plot(summaries: dict[str, dict[str, Any]], ratios: dict[str, dict[str, float
         bars = ax.bar([i + j * width for i in range(len(metrics))], values, width, label=name)
         for bar, (k, _) in zip(bars, metrics, strict=True):
             absolute = summaries[name][k] if k != "peak" else _peak_of(summaries[name])
-            ax.annotate(f"{absolute / MIB:.2f}", (bar.get_x() + bar.get_width() / 2, bar.get_height()),
-                        ha="center", va="bottom", fontsize=6, rotation=90)
-    ax.axhline(1.0 + tolerance, color="red", linestyle="--", linewidth=0.8,
-               label=f"1 + tolerance ({tolerance})")
+            ax.annotate(
+                f"{absolute / MIB:.2f}",
+                (bar.get_x() + bar.get_width() / 2, bar.get_height()),
+                ha="center",
+                va="bottom",
+                fontsize=6,
+                rotation=90,
+            )
+    ax.axhline(
+        1.0 + tolerance, color="red", linestyle="--", linewidth=0.8, label=f"1 + tolerance ({tolerance})"
+    )
     ax.set_xticks([i + width * (len(names) - 1) / 2 for i in range(len(metrics))], [m for _, m in metrics])
     finite = [ratios[n][k] for n in names for k, _ in metrics if not math.isnan(ratios[n][k])]
     ax.set_ylim(max(0.0, min(finite, default=1.0) - 0.1), max([*finite, 1.0 + tolerance]) + 0.05)
@@ -420,14 +470,35 @@ def run_memory(
         raise SkipxlError(f"steps and batch must be >= 1 (got steps={steps}, batch={batch})")
     if tolerance < 0 or peak_tolerance < 0:
         raise SkipxlError("tolerance and peak_tolerance are relative excesses and must be >= 0")
-    overrides = {k: v for k, v in (("tgt_len", tgt_len), ("mem_len", mem_len), ("n_token", n_token),
-                                   ("n_layer", n_layer), ("positions", positions)) if v is not None}
+    overrides = {
+        k: v
+        for k, v in (
+            ("tgt_len", tgt_len),
+            ("mem_len", mem_len),
+            ("n_token", n_token),
+            ("n_layer", n_layer),
+            ("positions", positions),
+        )
+        if v is not None
+    }
     skip_options = {"retain_positions": retain_positions} if retain_positions else None
     results: dict[str, dict[str, Any]] = {}
     for name in names:
-        kwargs = dict(preset=preset, variant=name, steps=steps, batch=batch, seed=seed, overrides=overrides,
-                      pskip=pskip, beta=beta, skip_options=skip_options, engine=engine, ds_config=ds_config,
-                      device=device, per_layer=True)
+        kwargs = dict(
+            preset=preset,
+            variant=name,
+            steps=steps,
+            batch=batch,
+            seed=seed,
+            overrides=overrides,
+            pskip=pskip,
+            beta=beta,
+            skip_options=skip_options,
+            engine=engine,
+            ds_config=ds_config,
+            device=device,
+            per_layer=True,
+        )
         if isolate:
             results[name] = run_isolated("skipxl.profiling.cli:profile_variant", kwargs)
         else:
@@ -438,8 +509,10 @@ def run_memory(
     ratios, violations = compare(summaries, tolerance, peak_tolerance, fair_peak)
 
     cfg = results["baseline"]["config"]
-    title = (f"skipxl memory: {preset} (L={cfg['n_layer']}, d={cfg['d_model']}, V={cfg['n_token']}), "
-             f"B={batch}, T={cfg['tgt_len']}, M={cfg['mem_len']}, {steps} steps, {engine}")
+    title = (
+        f"skipxl memory: {preset} (L={cfg['n_layer']}, d={cfg['d_model']}, V={cfg['n_token']}), "
+        f"B={batch}, T={cfg['tgt_len']}, M={cfg['mem_len']}, {steps} steps, {engine}"
+    )
     print(title)
     print(format_table(summaries, ratios))
     if per_layer:
@@ -447,10 +520,19 @@ def run_memory(
         print(format_layer_table(summaries))
     print()
     print(format_states(summaries))
-    report = {"title": title, "preset": preset, "variants": names, "tolerance": tolerance,
-              "peak_tolerance": peak_tolerance, "fair_peak": fair_peak, "isolate": isolate,
-              "summaries": summaries, "ratios": ratios, "violations": violations,
-              "results": results}
+    report = {
+        "title": title,
+        "preset": preset,
+        "variants": names,
+        "tolerance": tolerance,
+        "peak_tolerance": peak_tolerance,
+        "fair_peak": fair_peak,
+        "isolate": isolate,
+        "summaries": summaries,
+        "ratios": ratios,
+        "violations": violations,
+        "results": results,
+    }
     out_dir = Path(out)
     out_dir.mkdir(parents=True, exist_ok=True)
     save_json(_finite(report), out_dir / "memory.json")

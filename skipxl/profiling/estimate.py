@@ -257,10 +257,20 @@ def estimate_step(
             continue
         per_layer.append(
             layer_bytes(
-                batch=batch, tgt_len=t, mlen=mlens[layer], d_model=cfg.d_model,
-                n_head=cfg.n_head, d_head=cfg.d_head, d_inner=cfg.d_inner,
-                dropout=cfg.dropout, dropatt=cfg.dropatt, pre_lnorm=cfg.pre_lnorm,
-                rlen=rlens[layer], gather=gather[layer], segment_end=segment_end, rule=rule,
+                batch=batch,
+                tgt_len=t,
+                mlen=mlens[layer],
+                d_model=cfg.d_model,
+                n_head=cfg.n_head,
+                d_head=cfg.d_head,
+                d_inner=cfg.d_inner,
+                dropout=cfg.dropout,
+                dropatt=cfg.dropatt,
+                pre_lnorm=cfg.pre_lnorm,
+                rlen=rlens[layer],
+                gather=gather[layer],
+                segment_end=segment_end,
+                rule=rule,
             )
         )
     computed = [i for i in range(n_layer) if not skip[i]]

@@ -162,7 +162,11 @@ def run_isolated(target: str, kwargs: dict[str, Any], timeout: float | None = No
         env["PYTHONPATH"] = src_root + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
         proc = subprocess.run(
             [sys.executable, "-m", "skipxl.profiling.peak", str(args_path), str(out_path)],
-            capture_output=True, text=True, timeout=timeout, env=env, check=False,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            env=env,
+            check=False,
         )
         if proc.returncode != 0 or not out_path.is_file():
             tail = "\n".join((proc.stdout + proc.stderr).strip().splitlines()[-15:])

@@ -197,15 +197,17 @@ class MemoryProfiler:
         if not self.enabled or self._pending is None:
             return
         s = model_state_bytes(engine_or_model, optimizer)
-        self._pending.update({
-            "states/zero_stage": s.zero_stage,
-            "states/params": s.params,
-            "states/grads": s.grads,
-            "states/optimizer": s.optimizer,
-            "states/buffers": s.buffers,
-            "states/other": s.other,
-            "states/total": s.total,
-        })
+        self._pending.update(
+            {
+                "states/zero_stage": s.zero_stage,
+                "states/params": s.params,
+                "states/grads": s.grads,
+                "states/optimizer": s.optimizer,
+                "states/buffers": s.buffers,
+                "states/other": s.other,
+                "states/total": s.total,
+            }
+        )
 
     # ------------------------------------------------------------------ module hooks
     def _pre_forward(self, module: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
@@ -271,11 +273,22 @@ class MemoryProfiler:
         act = hidden.element_size() if isinstance(hidden, torch.Tensor) else 4
         device = str(hidden.device) if isinstance(hidden, torch.Tensor) else "cpu"
         est = estimate_step(
-            cfg, batch, mlens=mlens, rlens=rlens, gather=gather, skip=skip, cross_head=mixed > 0,
-            cluster_tokens=counts, tgt_len=tgt_len, rule=DTypeRule.for_device(device, act=act),
+            cfg,
+            batch,
+            mlens=mlens,
+            rlens=rlens,
+            gather=gather,
+            skip=skip,
+            cross_head=mixed > 0,
+            cluster_tokens=counts,
+            tgt_len=tgt_len,
+            rule=DTypeRule.for_device(device, act=act),
         )
-        out: dict[str, Any] = {"estimate/bytes": est.total, "estimate/layers": est.layers,
-                               "estimate/shared": est.shared}
+        out: dict[str, Any] = {
+            "estimate/bytes": est.total,
+            "estimate/layers": est.layers,
+            "estimate/shared": est.shared,
+        }
         if self.per_layer:
             # Shared tensors (position table, masks, head index) are first saved, hence
             # attributed, by the first computed layer: put them there, as measured.
@@ -314,8 +327,11 @@ class MemoryProfiler:
             self._file.write(json.dumps(record, sort_keys=True) + "\n")
             self._file.flush()
         step = record["step"]
-        numbers = {f"memory/{k}": v for k, v in record.items()
-                   if k != "step" and isinstance(v, (int, float)) and not isinstance(v, bool)}
+        numbers = {
+            f"memory/{k}": v
+            for k, v in record.items()
+            if k != "step" and isinstance(v, (int, float)) and not isinstance(v, bool)
+        }
         if self.writer is not None:
             for key, value in numbers.items():
                 self.writer.add_scalar(key, value, step)

@@ -224,6 +224,7 @@ def model_state_bytes(engine_or_model: Any, optimizer: Any = None) -> ModelState
 
 def largest_layer_params(module: nn.Module) -> int:
     """Parameters of the largest single module (its own, not its children's): ZeRO-3's unit."""
+
     def own(m: nn.Module) -> int:
         return sum(int(getattr(p, "ds_numel", p.numel())) for p in m.parameters(recurse=False))
 
@@ -264,7 +265,10 @@ def deepspeed_state_estimate(
         from deepspeed.runtime.zero.stage_1_and_2 import estimate_zero2_model_states_mem_needs
 
         cpu, acc = estimate_zero2_model_states_mem_needs(
-            n_params, num_gpus_per_node=world_size, num_nodes=1, cpu_offload=offload_optimizer,
+            n_params,
+            num_gpus_per_node=world_size,
+            num_nodes=1,
+            cpu_offload=offload_optimizer,
             additional_buffer_factor=1.0,
         )
         note = "stage-2 formula; stage 1 also keeps full gradients" if zero_stage == 1 else ""
@@ -272,8 +276,13 @@ def deepspeed_state_estimate(
     from deepspeed.runtime.zero.stage3 import estimate_zero3_model_states_mem_needs
 
     cpu, acc, _ = estimate_zero3_model_states_mem_needs(
-        n_params, largest_layer, num_gpus_per_node=world_size, num_nodes=1,
-        cpu_offload=offload_optimizer, cpu_offload_params=offload_params, zero_init=True,
+        n_params,
+        largest_layer,
+        num_gpus_per_node=world_size,
+        num_nodes=1,
+        cpu_offload=offload_optimizer,
+        cpu_offload_params=offload_params,
+        zero_init=True,
         additional_buffer_factor=1.0,
     )
     return StateEstimate("deepspeed estimate_zero3_model_states_mem_needs", int(acc), int(cpu))
