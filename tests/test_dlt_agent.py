@@ -122,7 +122,7 @@ def test_agent_leaves_the_global_rng_alone_and_resumes_bitwise() -> None:
     state = (0, 0, 0, 0)
     for layer in (1, 2, 3):
         action, _ = a.act(layer, state)
-        nxt = state[:layer] + (action,) + state[layer + 1 :]
+        nxt = (*state[:layer], action, *state[layer + 1 :])
         a.update(state, layer, action, -3.0, nxt)
         state = nxt
     a.end_episode()
@@ -135,7 +135,7 @@ def test_agent_leaves_the_global_rng_alone_and_resumes_bitwise() -> None:
         s = state
         for layer in (1, 2, 3, 1, 2):
             action, explored = agent.act(layer, s)
-            nxt = s[:layer] + (action,) + s[layer + 1 :]
+            nxt = (*s[:layer], action, *s[layer + 1 :])
             run.append((action, explored, agent.update(s, layer, action, -2.5, nxt), agent.epsilon))
             s = nxt
         trace.append(run)

@@ -191,7 +191,7 @@ class LayerTying:
                 self.layers[i].requires_grad_(False)
                 self.frozen.add(i)
                 change.removed.extend(self.layers[i].parameters())
-                self.sources = self.sources[:i] + (0,) + self.sources[i + 1 :]
+                self.sources = (*self.sources[:i], 0, *self.sources[i + 1 :])
             else:
                 change.extend(self.set_source(i, 0))
         self._rewire()
@@ -209,7 +209,7 @@ class LayerTying:
             self.frozen.discard(i)
             self._leave_alias_group(i)
             self.layers[i] = TiedLayer(self.layers[0], self.cfg.gradient)  # rewired below
-        self.sources = self.sources[:i] + (j,) + self.sources[i + 1 :]
+        self.sources = (*self.sources[:i], j, *self.sources[i + 1 :])
         self._rewire()
         return change
 
