@@ -266,3 +266,37 @@ def test_zero_stages_that_flatten_parameters_are_refused(stage: int, precision: 
     with pytest.raises(SkipxlError, match=f"ZeRO stage {stage} with {precision}"):
         require_dynamic_parameters(stage, precision)
     require_dynamic_parameters(0, "fp32")  # the one that keeps the saving
+
+
+def _dlt_model(seed: int = 0, **tying) -> TransformerXL:
+    torch.manual_seed(seed)
+    return TransformerXL(tiny(n_token=50, n_layer=N_LAYER, dropout=0.0, tying=TyingConfig(**tying)))
+
+
+def test_a_tying_model_starts_tied_and_keeps_the_baselines_initial_weights() -> None:
+    base, dlt = _model(seed=0), _dlt_model(seed=0)
+    assert dlt.layers.tying.sources == (0, 0, 0, 0)
+    shared = dlt.state_dict()
+    for k, v in base.state_dict().items():
+        if not k.startswith(("layers.1.", "layers.2.", "layers.3.")):
+            assert torch.equal(v, shared[k]), k  # same RNG stream: embedding, layer 0, softmax
+    assert shared["layers._extra_state"]["sources"] == [0, 0, 0, 0]
+    assert "layers._extra_state" not in base.state_dict()  # the baseline's keys are unchanged
+
+
+def test_a_strict_state_dict_load_rebuilds_the_tying_structure_and_tells_the_optimizer() -> None:
+    a = _dlt_model(seed=0)
+    a.layers.tying.apply((0, 1, 0, 1))
+    opt_a = torch.optim.Adam(a.parameters())
+    x, y = _batch()
+    a(x, y).loss.backward()
+    opt_a.step()
+    b = _dlt_model(seed=4)
+    opt_b = torch.optim.Adam(b.parameters())
+    calls = []
+    b.layers.tying.listeners.append(lambda change: (calls.append(change), sync_optimizer(opt_b, b)))
+    b.load_state_dict(copy.deepcopy(a.state_dict()))  # strict: the saved structure comes first
+    assert b.layers.tying.sources == (0, 1, 0, 1) and len(calls) == 1
+    opt_b.load_state_dict(copy.deepcopy(opt_a.state_dict()))
+    a.eval(), b.eval()
+    assert torch.equal(a(x, y).nll, b(x, y).nll)

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from skipxl.config_io import from_dict, to_dict
 from skipxl.errors import SkipxlError, require
 from skipxl.model.heads import CrossHeadConfig
+from skipxl.model.tying import TyingConfig
 
 POSITIONS = ("relative", "segment_end")
 """How keys are scored by position.
@@ -108,7 +109,9 @@ class ModelConfig:
     projection untied, tail projections tied); ``False`` means nothing tied; a tuple of
     ``len(cutoffs) + 1`` booleans is taken literally as in the original constructor.
     ``clamp_len=-1`` disables clamping. ``skip=None`` / ``cross_head=None`` switch the
-    methods off (the baseline).
+    methods off (the baseline). ``tying`` (:class:`~skipxl.model.tying.TyingConfig`) builds
+    the layer stack for Dynamic Layer Tying (arXiv 2401.12819): layers 1..N-1 start tied to
+    layer 0; ``None`` = ordinary independent layers.
     """
 
     n_token: int
@@ -138,6 +141,7 @@ class ModelConfig:
     skip: SkipRetainConfig | None = None
     cross_head: CrossHeadConfig | None = None
     plan_seed: int = 0
+    tying: TyingConfig | None = None
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "cutoffs", tuple(int(c) for c in self.cutoffs))
@@ -147,6 +151,8 @@ class ModelConfig:
             object.__setattr__(self, "skip", from_dict(SkipRetainConfig, self.skip))
         if isinstance(self.cross_head, dict):
             object.__setattr__(self, "cross_head", from_dict(CrossHeadConfig, self.cross_head))
+        if isinstance(self.tying, dict):
+            object.__setattr__(self, "tying", from_dict(TyingConfig, self.tying))
         for name in ("n_token", "n_layer", "n_head", "d_model", "d_head", "d_inner", "tgt_len"):
             value = getattr(self, name)
             require(
@@ -186,6 +192,11 @@ class ModelConfig:
             self.cross_head is None or isinstance(self.cross_head, CrossHeadConfig),
             f"cross_head must be a CrossHeadConfig or None, got {type(self.cross_head).__name__}",
         )
+        require(
+            self.tying is None or isinstance(self.tying, TyingConfig),
+            f"tying must be a TyingConfig or None, got {type(self.tying).__name__}",
+        )
+        require(self.tying is None or self.n_layer >= 2, "layer tying needs at least 2 layers")
         if self.skip is not None and self.skip.schedule == "list":
             require(
                 len(self.skip.probs) == self.n_layer,

@@ -41,6 +41,7 @@ from skipxl.model.functional import (
 )
 from skipxl.model.heads import draw_head_indices, is_identity
 from skipxl.model.memory import Memory
+from skipxl.model.tying import TiedStack
 
 
 @dataclass(frozen=True, eq=False)
@@ -151,13 +152,21 @@ class TransformerXL(nn.Module):
         )
         self.word_emb = AdaptiveEmbedding(cfg.n_token, d_embed, cfg.d_model, cfg.cutoffs, cfg.div_val)
         self.drop = nn.Dropout(cfg.dropout)
-        self.layers = nn.ModuleList([DecoderLayer(cfg) for _ in range(cfg.n_layer)])
+        layers = [DecoderLayer(cfg) for _ in range(cfg.n_layer)]
+        # Dynamic Layer Tying (arXiv 2401.12819): a stack whose tied layers own no weights.
+        self.layers = (
+            nn.ModuleList(layers)
+            if cfg.tying is None
+            else TiedStack(layers, lambda: DecoderLayer(cfg), cfg.tying)
+        )
         self.crit = ProjectedAdaptiveLogSoftmax(cfg.n_token, d_embed, cfg.d_model, cfg.cutoffs, cfg.div_val)
         self.pos_emb = PositionalEmbedding(cfg.d_model)
         self.r_w_bias = nn.Parameter(torch.empty(cfg.n_head, cfg.d_head))  # u, shared by layers
         self.r_r_bias = nn.Parameter(torch.empty(cfg.n_head, cfg.d_head))  # v, shared by layers
         self.reset_parameters()
         self._tie()
+        if cfg.tying is not None:
+            self.layers.tying.start()  # every layer but the first tied to layer 0
         self.tgt_len, self.mem_len, self.ext_len = cfg.tgt_len, cfg.mem_len, cfg.ext_len
         self.clamp_len, self.same_length = cfg.clamp_len, cfg.same_length
         self.skip_probs = skip_probabilities(cfg.skip, cfg.n_layer)

@@ -157,6 +157,12 @@ class LayerTying:
         self.sources: tuple[int, ...] = tuple(range(self.n_layer))
         self.frozen: set[int] = set()  # start="frozen": state says tied, weights own and frozen
         self.alias_groups: list[list[int]] = []  # untie="alias": layers whose weights share storage
+        self.listeners: list[Callable[[TyingChange], None]] = []  # e.g. an optimizer to keep in step
+
+    def _notify(self, change: TyingChange) -> TyingChange:
+        for listener in self.listeners:
+            listener(change)
+        return change
 
     # ------------------------------------------------------------------ queries
     def owns(self, i: int) -> bool:
@@ -193,12 +199,15 @@ class LayerTying:
                 change.removed.extend(self.layers[i].parameters())
                 self.sources = (*self.sources[:i], 0, *self.sources[i + 1 :])
             else:
-                change.extend(self.set_source(i, 0))
+                change.extend(self._set_source(i, 0))
         self._rewire()
-        return change
+        return self._notify(change)
 
     def set_source(self, i: int, j: int) -> TyingChange:
         """Layer ``i`` trains its own weights (``j == i``) or uses layer ``j``'s (``j < i``)."""
+        return self._notify(self._set_source(i, j))
+
+    def _set_source(self, i: int, j: int) -> TyingChange:
         require(0 <= i < self.n_layer, f"layer {i} does not exist ({self.n_layer} layers)")
         require(0 <= j <= i, f"layer {i} can only be tied to an earlier layer or itself, got {j}")
         change = TyingChange()
@@ -219,8 +228,8 @@ class LayerTying:
         change = TyingChange()
         for i in range(1, self.n_layer):
             if s[i] != self.sources[i] or (s[i] == i and i in self.frozen):
-                change.extend(self.set_source(i, s[i]))
-        return change
+                change.extend(self._set_source(i, s[i]))
+        return self._notify(change)
 
     def _untie(self, i: int) -> TyingChange:
         change = TyingChange()
@@ -321,7 +330,7 @@ class LayerTying:
                 for p_k, p_0 in zip(self.layers[k].parameters(), first.parameters(), strict=True):
                     p_k.data = p_0.data
         self._rewire()
-        return change
+        return self._notify(change)
 
     def _fresh_like(self, k: int) -> nn.Module:
         """A new layer with private storage shaped like layer ``k`` (contents loaded later)."""
@@ -331,3 +340,25 @@ class LayerTying:
         new = new.to_empty(device=ref.device).to(ref.dtype)
         new.train(self.layers[k].training)
         return new
+
+
+class TiedStack(nn.ModuleList):
+    """The layer list of a model with tying: its structure is part of its ``state_dict``.
+
+    ``state_dict()`` holds ``layers._extra_state`` (the :meth:`LayerTying.state_dict`). On
+    ``load_state_dict`` PyTorch restores a module's extra state before it visits the
+    module's children, so the stack is rebuilt into the saved structure first and the
+    owners' weights then load into it (a plain ``strict=True`` load resumes any tying state).
+    """
+
+    def __init__(
+        self, layers: Sequence[nn.Module], make_layer: Callable[[], nn.Module], cfg: TyingConfig
+    ) -> None:
+        super().__init__(layers)
+        self.tying = LayerTying(self, make_layer, cfg)
+
+    def get_extra_state(self) -> dict[str, Any]:
+        return self.tying.state_dict()
+
+    def set_extra_state(self, state: dict[str, Any]) -> None:
+        self.tying.load_state_dict(state)
