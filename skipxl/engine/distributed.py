@@ -1,4 +1,5 @@
-"""Process-group set-up that works the same under ``deepspeed`` and plain ``python``.
+"""Process-group set-up that works the same under ``deepspeed`` and plain ``python``, and the
+few collective helpers the engine uses (each a no-op in a one-process world).
 
 The ``deepspeed`` launcher exports RANK / WORLD_SIZE / LOCAL_RANK / MASTER_ADDR /
 MASTER_PORT for every process. A plain ``python recipes/wt103.py`` has none of them, so
@@ -9,8 +10,12 @@ process group itself (gloo on CPU with ``DS_ACCELERATOR=cpu``, NCCL on GPUs).
 from __future__ import annotations
 
 import os
+import random
 import socket
 from dataclasses import dataclass
+
+import numpy as np
+import torch
 
 
 @dataclass(frozen=True)
@@ -48,6 +53,53 @@ def ensure_launch_env() -> WorldInfo:
     )
 
 
+def is_distributed() -> bool:
+    """Whether a process group is up (DeepSpeed initialises it; tests may run without one)."""
+    return torch.distributed.is_available() and torch.distributed.is_initialized()
+
+
+def barrier() -> None:
+    """Wait for every rank (no-op without a process group)."""
+    if is_distributed():
+        torch.distributed.barrier()
+
+
+def all_reduce(t: torch.Tensor, op: str = "sum") -> torch.Tensor:
+    """In-place ``sum`` or ``max`` over ranks; returns ``t``. Under NCCL ``t`` must be on the GPU,
+    under gloo on the CPU (see :func:`collective_device`)."""
+    if is_distributed():
+        ops = {"sum": torch.distributed.ReduceOp.SUM, "max": torch.distributed.ReduceOp.MAX}
+        torch.distributed.all_reduce(t, op=ops[op])
+    return t
+
+
+def collective_device(device: torch.device | str) -> torch.device:
+    """Where a tensor must live for a collective: ``device`` under NCCL, the CPU under gloo."""
+    if is_distributed() and torch.distributed.get_backend() == "nccl":
+        return torch.device(device)
+    return torch.device("cpu")
+
+
+def agree(local: bool, device: torch.device | str = "cpu") -> bool:
+    """True on every rank if it is true on any (e.g. a signal that reached ranks one step apart)."""
+    if not is_distributed() or torch.distributed.get_world_size() == 1:
+        return local
+    flag = torch.tensor([1.0 if local else 0.0], device=collective_device(device))
+    return bool(all_reduce(flag, "max").item() > 0)
+
+
+def seed_everything(seed: int, deterministic: bool = False) -> None:
+    """Seed python, numpy and torch; optionally ask PyTorch for deterministic kernels."""
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+    if deterministic:
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+        torch.use_deterministic_algorithms(True, warn_only=True)
+        torch.backends.cudnn.deterministic = True
+        torch.backends.cudnn.benchmark = False
+
+
 def ensure_accelerator_env() -> str:
     """Pick DeepSpeed's accelerator before it is imported: CPU unless CUDA is usable.
 
@@ -55,8 +107,6 @@ def ensure_accelerator_env() -> str:
     ``DS_ACCELERATOR=cpu`` explicitly so that it uses gloo and never probes for CUDA ops.
     """
     if "DS_ACCELERATOR" not in os.environ:
-        import torch
-
         os.environ["DS_ACCELERATOR"] = "cuda" if torch.cuda.is_available() else "cpu"
     return os.environ["DS_ACCELERATOR"]
 
@@ -69,8 +119,6 @@ def shutdown_multi_rank() -> None:
     active exception", exit -6, most likely DeepSpeed's shared-memory comm op); see
     tests/ds_worker.py. One-process worlds are left alone.
     """
-    import torch.distributed as dist
-
-    if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
-        dist.barrier()
-        dist.destroy_process_group()
+    if is_distributed() and torch.distributed.get_world_size() > 1:
+        torch.distributed.barrier()
+        torch.distributed.destroy_process_group()

@@ -1,0 +1,141 @@
+"""Record (or check) the engine's golden numbers: per-step training losses, validation and final
+losses of `tiny` on the built-in corpus, and the Skip-Retain / cross-head draws for a seed.
+
+Refactors change no number: this file was run on the code *before* the engine redesign
+(issue 11) and its output committed as ``tests/golden/engine_losses.json``;
+``tests/test_golden_losses.py`` re-runs every case and compares bit for bit (float equality).
+
+    PYTHONPATH=$PWD DS_ACCELERATOR=cpu OMP_NUM_THREADS=1 .venv/bin/python tools/golden_losses.py --write
+    PYTHONPATH=$PWD DS_ACCELERATOR=cpu OMP_NUM_THREADS=1 .venv/bin/python tools/golden_losses.py  # check
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import tempfile
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parents[1]
+GOLDEN = REPO / "tests" / "golden" / "engine_losses.json"
+
+# The four variants, then Skip-Retain across a phase switch (step 10 of 20) with gradient
+# accumulation 2, the explicit zero gradient for skipped layers (weight decay makes it visible), and
+# the plateau rule ending phase 1.
+TRAIN_CASES: dict[str, dict[str, Any]] = {
+    "baseline": dict(variant="baseline"),
+    "skip_retain": dict(variant="skip_retain", pskip=0.5),
+    "cross_head": dict(variant="cross_head", beta=0.5),
+    "combined": dict(variant="combined", pskip=0.5, beta=0.5),
+    "skip_retain_phase_switch_accum2": dict(
+        variant="skip_retain", pskip=0.5, grad_accum=2, phase1_steps=10, phase1_patience=None
+    ),
+    "skip_retain_zero_grad": dict(variant="skip_retain", pskip=0.5, skipped_grad="zero", weight_decay=0.1),
+    # min_delta 100: the second validation (step 10) is no improvement, patience 1 ends phase 1 there
+    "combined_plateau_switch": dict(
+        variant="combined",
+        pskip=0.5,
+        beta=0.5,
+        phase1_fraction=None,
+        phase1_patience=1,
+        phase1_min_delta=100.0,
+    ),
+}
+STEPS = 20
+
+
+def run_config(out: Path, case: dict[str, Any]) -> Any:
+    """The RunConfig of one case: tiny, 20 steps, small validations and a small final evaluation."""
+    from skipxl.engine.recipe import build_config
+
+    flags: dict[str, Any] = dict(
+        log_interval=1,
+        eval_interval=5,
+        save_interval=0,
+        val_max_batches=2,
+        builtin_train_tokens=20_000,
+        builtin_eval_tokens=2_000,
+        eval_batch_size=2,
+        eval_mem_len=32,
+        global_batch=4,
+    )
+    flags.update(case)
+    return build_config("builtin", max_steps=STEPS, out=str(out), **flags)
+
+
+def train_case(name: str) -> dict[str, Any]:
+    """Train one case in a temporary folder; its per-step losses, validation losses and final scores."""
+    import torch
+
+    from skipxl.engine.train import train
+
+    torch.set_num_threads(1)
+    with tempfile.TemporaryDirectory() as tmp:
+        out = Path(tmp) / name
+        res = train(run_config(out, TRAIN_CASES[name]), progress=False)
+        rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    return {
+        "losses": res.losses,
+        "val_losses": [[r["step"], r["val/loss"]] for r in rows if "val/loss" in r],
+        "final_val_loss": res.final["final_val/loss"],
+        "test_loss": res.final["test/loss"],
+        "switch_steps": [r["step"] for r in rows if "phase/switch_step" in r],
+    }
+
+
+def draws(n_steps: int = 12) -> dict[str, Any]:
+    """The skip masks and head indices drawn for plan seeds 0 and 7 (tiny, combined: p = 0.5,
+    beta = 0.5, both cross-head modes), ``n_steps`` steps each."""
+    from skipxl.engine.variants import apply_variant
+    from skipxl.model import get_preset
+
+    out: dict[str, Any] = {}
+    for seed in (0, 7):
+        for mode in ("permutation", "per_head"):
+            cfg = apply_variant(
+                get_preset("tiny", plan_seed=seed),
+                "combined",
+                pskip=0.5,
+                beta=0.5,
+                cross_head_options={"mode": mode},
+            )
+            plans = draw_plans(cfg, n_steps)
+            out[f"seed{seed}_{mode}"] = {
+                "skip": [list(p.skip) for p in plans],
+                "head_index": [p.head_index.tolist() for p in plans],
+            }
+    return out
+
+
+def draw_plans(cfg: Any, n_steps: int) -> list[Any]:
+    """``n_steps`` training-step plans for a model config (the API of the code being checked)."""
+    from skipxl.model import TransformerXL
+
+    model = TransformerXL(cfg)
+    return [model.draw_plan() for _ in range(n_steps)]
+
+
+def record() -> dict[str, Any]:
+    return {"train": {name: train_case(name) for name in TRAIN_CASES}, "draws": draws()}
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--write", action="store_true", help=f"write {GOLDEN.relative_to(REPO)}")
+    args = parser.parse_args()
+    got = record()
+    if args.write:
+        GOLDEN.parent.mkdir(parents=True, exist_ok=True)
+        GOLDEN.write_text(json.dumps(got, indent=1) + "\n")
+        print(f"wrote {GOLDEN}")
+        return 0
+    want = json.loads(GOLDEN.read_text())
+    same = got == want
+    print("golden numbers: " + ("bit-equal" if same else "DIFFER"))
+    return 0 if same else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
