@@ -25,9 +25,10 @@ def main() -> None:
 
     from skipxl.data import BuiltinConfig, DataConfig, load_corpus
     from skipxl.engine.config import EvalConfig, RunConfig, TrainConfig
+    from skipxl.engine.policies import Policies
     from skipxl.engine.train import train
     from skipxl.engine.variants import apply_variant
-    from skipxl.model import TransformerXL, get_preset
+    from skipxl.model import get_preset
 
     out_base = Path(sys.argv[1])
     spec = json.loads(sys.argv[2])
@@ -38,14 +39,14 @@ def main() -> None:
     n_token = load_corpus(data).n_token
     # record each step's skip mask as this rank drew it (all ranks must agree)
     masks: list[list[bool]] = []
-    original = TransformerXL.draw_plan
+    original = Policies.plan
 
-    def recording(self):  # type: ignore[no-untyped-def]
-        plan = original(self)
+    def recording(self, step, plan):  # type: ignore[no-untyped-def]
+        plan = original(self, step, plan)
         masks.append(list(plan.skip) if plan.skip is not None else [])
         return plan
 
-    TransformerXL.draw_plan = recording  # type: ignore[method-assign]
+    Policies.plan = recording  # type: ignore[method-assign]
     rank = int(os.environ["RANK"])
     for run in spec["runs"]:
         masks.clear()

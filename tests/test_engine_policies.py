@@ -179,3 +179,42 @@ def test_policies_refuse_clashing_names_and_foreign_state():
         TrainingPolicy().load_state_dict({"x": 1})
     baseline, plan = paper_policies(cfg_()), StepPlan()
     assert len(baseline) == 0 and baseline.plan(0, plan) is plan  # no method: a plain step
+
+
+def _tokens(b: int, t: int, seed: int) -> torch.Tensor:
+    return torch.randint(0, 50, (b, t), generator=torch.Generator().manual_seed(seed))
+
+
+@pytest.mark.parametrize("mode", ["none", "zero"])
+def test_skipped_grad_modes_under_adam(mode: str) -> None:
+    """Plain torch Adam (lr 1e-2): "none" leaves a skipped layer and its moments untouched,
+    "zero" gives it an explicit zero gradient, so momentum still moves it."""
+    torch.manual_seed(0)
+    model = TransformerXL(
+        cfg_(dropout=0.0, skip=SkipRetainConfig(schedule="constant", p=0.5, skipped_grad=mode))
+    )
+    model.train()
+    policy = SkipRetainPolicy(
+        model.cfg.skip, 4, PhaseController(enabled=True, phase=PHASE_SKIP), plan_generator(0)
+    )
+    opt = torch.optim.Adam(model.parameters(), lr=1e-2)
+    policy.bind(TrainView(model, opt, WORLD))
+    keep, skip1 = StepPlan(skip=(False,) * 4), StepPlan(skip=(False, True, False, False))
+    model(_tokens(2, 4, 1), _tokens(2, 4, 2), plan=keep).loss.backward()
+    policy.before_optimizer_step(0, keep)
+    opt.step()
+    opt.zero_grad(set_to_none=True)
+    before = [p.detach().clone() for p in model.layers[1].parameters()]
+    out = model(_tokens(2, 4, 3), _tokens(2, 4, 4), plan=skip1)
+    out.loss.backward()
+    policy.before_optimizer_step(1, skip1)
+    grads = [p.grad for p in model.layers[1].parameters()]
+    assert model.layers[0].dec_attn.qkv_net.weight.grad.abs().sum() > 0
+    opt.step()
+    after = list(model.layers[1].parameters())
+    if mode == "none":
+        assert all(g is None for g in grads)
+        assert all(torch.equal(a, b) for a, b in zip(after, before, strict=True))  # untouched
+    else:
+        assert all(g is not None and torch.count_nonzero(g) == 0 for g in grads)
+        assert any(not torch.equal(a, b) for a, b in zip(after, before, strict=True))  # momentum

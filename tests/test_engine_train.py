@@ -13,7 +13,9 @@ from engine_helpers import one_thread, restore_launch_env, tiny_config  # noqa: 
 
 from skipxl.engine import checkpoint as ckpt
 from skipxl.engine.checkpoint import fp32_state_dict, read_latest
-from skipxl.engine.train import seed_everything, train
+from skipxl.engine.distributed import seed_everything
+from skipxl.engine.policies import SkipRetainPolicy
+from skipxl.engine.train import train
 from skipxl.errors import SkipxlError
 from skipxl.model import TransformerXL
 
@@ -56,17 +58,17 @@ def test_sigterm_checkpoints_and_resume_continues_exactly(tmp_path, monkeypatch)
     full = train(tiny_config(tmp_path / "full", **kw), progress=False)
 
     calls = {"n": 0}
-    original = TransformerXL.draw_plan
+    original = SkipRetainPolicy.plan
 
-    def draw_and_signal(self):
+    def draw_and_signal(self, step, plan):
         calls["n"] += 1
         if calls["n"] == 4:  # during step 4: the loop must finish the step, save, and stop
             os.kill(os.getpid(), signal.SIGTERM)
-        return original(self)
+        return original(self, step, plan)
 
-    monkeypatch.setattr(TransformerXL, "draw_plan", draw_and_signal)
+    monkeypatch.setattr(SkipRetainPolicy, "plan", draw_and_signal)
     stopped = train(tiny_config(tmp_path / "split", **kw), progress=False)
-    monkeypatch.setattr(TransformerXL, "draw_plan", original)
+    monkeypatch.setattr(SkipRetainPolicy, "plan", original)
     assert stopped.interrupted_by == "SIGTERM" and stopped.step == 4
     assert read_latest(tmp_path / "split" / "checkpoints") == "step_00000004"
     resumed = train(tiny_config(tmp_path / "split", **kw), progress=False, resume=True)

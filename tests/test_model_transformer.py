@@ -10,6 +10,7 @@ from torch import Tensor
 
 from skipxl.errors import SkipxlError
 from skipxl.model import (
+    Context,
     CrossHeadConfig,
     Memory,
     ModelConfig,
@@ -19,6 +20,8 @@ from skipxl.model import (
     get_preset,
 )
 from skipxl.model.attention import PositionalEmbedding
+from skipxl.model.functional import draw_skip_mask, skip_probabilities
+from skipxl.model.heads import draw_head_indices
 
 torch.set_num_threads(1)
 V = 50
@@ -40,6 +43,18 @@ def tokens(b: int, t: int, seed: int = 1) -> Tensor:
     return torch.randint(0, V, (b, t), generator=torch.Generator().manual_seed(seed))
 
 
+def draw_plan(model: TransformerXL, seed: int = 0) -> StepPlan:
+    """One step's plan as the engine's policies draw it (the model itself draws nothing)."""
+    gen = torch.Generator().manual_seed(seed)
+    skip = None
+    if model.cfg.skip is not None:
+        skip = draw_skip_mask(skip_probabilities(model.cfg.skip, model.n_layer), gen)
+    head_index = None
+    if model.cfg.cross_head is not None:
+        head_index = draw_head_indices(model.n_layer, model.n_head, model.cfg.cross_head, gen)
+    return StepPlan(skip=skip, head_index=head_index)
+
+
 # ---------------------------------------------------------------- memory semantics
 @pytest.mark.parametrize("kw", [dict(), dict(pre_lnorm=True), dict(cutoffs=(10, 30), div_val=2, d_embed=16)])
 def test_segments_with_full_memory_equal_one_pass(kw: dict) -> None:
@@ -48,8 +63,7 @@ def test_segments_with_full_memory_equal_one_pass(kw: dict) -> None:
     inp, tgt = x[:, :-1], x[:, 1:]
     out1 = model(inp[:, :6], tgt[:, :6])
     out2 = model(inp[:, 6:], tgt[:, 6:], mems=out1.mems)
-    model.reset_context(mem_len=0)
-    full = model(inp, tgt)
+    full = model(inp, tgt, context=dataclasses.replace(model.train_context, mem_len=0))
     torch.testing.assert_close(full.nll[:, :6], out1.nll, rtol=1e-5, atol=1e-5)
     torch.testing.assert_close(full.nll[:, 6:], out2.nll, rtol=1e-5, atol=1e-5)
 
@@ -98,15 +112,16 @@ def test_memory_is_detached_and_bounded() -> None:
     assert mems.nbytes() == 4 * 2 * 10 * 16 * 4
 
 
-def test_reset_context_grows_memory_and_validates() -> None:
+def test_context_grows_memory_and_validates() -> None:
     model = build(tgt_len=4, mem_len=4).eval()
     out = model(tokens(1, 4))
-    model.reset_context(tgt_len=2, mem_len=6, clamp_len=3, same_length=True)
-    out = model(tokens(1, 2), mems=out.mems)
-    out = model(tokens(1, 2), mems=out.mems)
-    assert out.mems.mlen(0) == 6 and model.context["clamp_len"] == 3
+    context = Context(tgt_len=2, mem_len=6, clamp_len=3, same_length=True)
+    out = model(tokens(1, 2), mems=out.mems, context=context)
+    out = model(tokens(1, 2), mems=out.mems, context=context)
+    assert out.mems.mlen(0) == 6 and context.clamp_len == 3
+    assert model.train_context == Context(tgt_len=4, mem_len=4)  # the model keeps no evaluation state
     with pytest.raises(SkipxlError, match="clamp_len"):
-        model.reset_context(clamp_len=0)
+        dataclasses.replace(context, clamp_len=0)
 
 
 def test_targets_may_cover_the_last_steps_only() -> None:
@@ -187,36 +202,12 @@ def test_retain_positions_contiguous_uses_the_rel_shift_path() -> None:
     assert seen["index"] is None and seen["r"] == 8
 
 
-@pytest.mark.parametrize("mode", ["none", "zero"])
-def test_skipped_grad_modes_under_adam(mode: str) -> None:
-    model = build(skip=SkipRetainConfig(schedule="constant", p=0.5, skipped_grad=mode)).train()
-    opt = torch.optim.Adam(model.parameters(), lr=1e-2)
-    keep, skip1 = StepPlan(skip=(False,) * 4), StepPlan(skip=(False, True, False, False))
-    model(tokens(2, 4), tokens(2, 4, 2), plan=keep).loss.backward()
-    opt.step()
-    opt.zero_grad(set_to_none=True)
-    before = [p.detach().clone() for p in model.layers[1].parameters()]
-    out = model(tokens(2, 4, 3), tokens(2, 4, 4), plan=skip1)
-    torch.testing.assert_close(out.nll, out.nll.detach())  # values unchanged by the zero term
-    out.loss.backward()
-    grads = [p.grad for p in model.layers[1].parameters()]
-    assert model.layers[0].dec_attn.qkv_net.weight.grad.abs().sum() > 0
-    opt.step()
-    after = list(model.layers[1].parameters())
-    if mode == "none":
-        assert all(g is None for g in grads)
-        assert all(torch.equal(a, b) for a, b in zip(after, before, strict=True))  # untouched
-    else:
-        assert all(g is not None and torch.count_nonzero(g) == 0 for g in grads)
-        assert any(not torch.equal(a, b) for a, b in zip(after, before, strict=True))  # momentum
-
-
 def train_losses(model: TransformerXL, steps: int = 4) -> tuple[list[Tensor], list[Tensor]]:
     torch.manual_seed(123)  # the dropout stream
     opt = torch.optim.Adam(model.parameters(), lr=1e-3)
     mems, losses = None, []
     for s in range(steps):
-        out = model(tokens(3, 4, s), tokens(3, 4, s + 50), mems=mems)
+        out = model(tokens(3, 4, s), tokens(3, 4, s + 50), mems=mems, plan=draw_plan(model, seed=s))
         out.loss.backward()
         opt.step()
         opt.zero_grad()
@@ -236,27 +227,6 @@ def test_pskip0_beta0_is_bitwise_the_baseline_with_dropout() -> None:
     assert not all(torch.equal(a, b) for a, b in zip(mixed_losses, base_losses, strict=True))
 
 
-def test_plans_come_from_the_plan_generator_only() -> None:
-    kw = dict(skip=SkipRetainConfig(schedule="constant", p=0.5), cross_head=CrossHeadConfig(beta=0.5))
-    a, b = build(**kw, plan_seed=7).train(), build(**kw, plan_seed=7).train()
-    torch.manual_seed(0)
-    state = torch.get_rng_state()
-    plans_a = [a.draw_plan() for _ in range(5)]
-    assert torch.equal(state, torch.get_rng_state())
-    plans_b = [b.draw_plan() for _ in range(5)]
-    for pa, pb in zip(plans_a, plans_b, strict=True):
-        assert pa.skip == pb.skip and torch.equal(pa.head_index, pb.head_index)
-    assert any(p.n_skipped for p in plans_a) and any(p.skip[1] is False for p in plans_a)
-    # Phase 2: skipping off, the generator stream is unchanged (same numbers drawn).
-    a.skip_enabled = False
-    saved = a.plan_generator.get_state()
-    plan = a.draw_plan()
-    a.plan_generator.set_state(saved)
-    a.skip_enabled = True
-    again = a.draw_plan()
-    assert plan.skip is None and torch.equal(plan.head_index, again.head_index)
-
-
 def test_evaluation_ignores_the_plan_and_the_methods() -> None:
     base = build().eval()
     methods = build(
@@ -271,7 +241,7 @@ def test_evaluation_ignores_the_plan_and_the_methods() -> None:
 def test_cross_head_in_training_mixes_and_identity_plan_does_not() -> None:
     model = build(cross_head=CrossHeadConfig(beta=1.0, mode="per_head")).train()
     x = tokens(2, 4)
-    out = model(x, x)
+    out = model(x, x, plan=draw_plan(model))
     assert out.plan.head_index is not None
     assert all((out.plan.head_index[l] != torch.arange(2)).all() for l in range(4))
     ident = model(x, x, plan=StepPlan(head_index=torch.arange(2).repeat(4, 1)))
@@ -331,7 +301,7 @@ def test_forward_needs_no_tensor_values_on_the_host() -> None:
     for model, targets in ((adaptive, None), (plain, x)):
         out = model(x, targets, plan=StepPlan(skip=(False,) * 4))
         for skip in ((False, True, False, False), (False,) * 4):
-            plan = StepPlan(skip=skip, head_index=model.draw_plan().head_index)
+            plan = StepPlan(skip=skip, head_index=draw_plan(model).head_index)
             out = model(x, targets, mems=out.mems, plan=plan)
         (out.loss if targets is not None else out.hidden.sum()).backward()
         assert out.mems.positions[1].tolist() == [8, 9, 10, 11]
@@ -345,12 +315,12 @@ def test_forward_has_no_host_sync_without_adaptive_tail() -> None:
         .train()
     )
     x = tokens(2, 4).cuda()
-    out = model(x, x)
+    out = model(x, x, plan=draw_plan(model))
     torch.cuda.synchronize()
     torch.cuda.set_sync_debug_mode("error")
     try:
         for skip in ((False, True, False, False), (False,) * 4):  # retained memory: gather path
-            plan = StepPlan(skip=skip, head_index=model.draw_plan().head_index)
+            plan = StepPlan(skip=skip, head_index=draw_plan(model).head_index)
             out = model(x, x, mems=out.mems, plan=plan)
     finally:
         torch.cuda.set_sync_debug_mode("default")

@@ -110,11 +110,13 @@ def draws(n_steps: int = 12) -> dict[str, Any]:
 
 
 def draw_plans(cfg: Any, n_steps: int) -> list[Any]:
-    """``n_steps`` training-step plans for a model config (the API of the code being checked)."""
-    from skipxl.model import TransformerXL
+    """``n_steps`` training-step plans for a model config, from the engine's training policies
+    (before issue 11 these came from ``TransformerXL.draw_plan``; the numbers are the same)."""
+    from skipxl.engine.policies import paper_policies
+    from skipxl.model import StepPlan
 
-    model = TransformerXL(cfg)
-    return [model.draw_plan() for _ in range(n_steps)]
+    policies = paper_policies(cfg)
+    return [policies.plan(step, StepPlan()) for step in range(n_steps)]
 
 
 def record() -> dict[str, Any]:

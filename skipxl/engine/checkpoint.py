@@ -5,7 +5,8 @@ Layout under ``RUN_DIR/checkpoints/``::
     latest                    text file naming the newest *complete* tag (replaced atomically)
     step_00001000/            one DeepSpeed checkpoint (model, optimizer, lr scheduler)
         mp_rank_00_model_states.pt ...        written by ``engine.save_checkpoint`` on every rank
-        skipxl_rank_00000.pt ...              our per-rank state: RNGs, memories, data position
+        skipxl_rank_00000.pt ...              our per-rank state: RNGs, memories, data position,
+                                              the training policies' state
 
 Why per-rank files: DeepSpeed stores ``client_state`` only in the data-parallel rank-0 model
 file, but resuming Transformer-XL exactly needs each rank's own state: its dropout RNG, the
@@ -15,6 +16,10 @@ its iterator position.
 Crash safety: every rank writes into ``tmp_step_N/``; after a barrier the folder is renamed
 to ``step_N/`` and only then is ``latest`` replaced (write a temporary file, ``os.replace``).
 A crash at any point leaves ``latest`` naming a complete checkpoint.
+
+Format versions (``client_state["format_version"]``): 1 (no field) was written before the
+engine's training policies (issue 11): the Skip-Retain phase in the client state and the model's
+plan generator in the rank file; :func:`upgrade` turns it into version 2, so those runs resume.
 """
 
 from __future__ import annotations
@@ -30,8 +35,11 @@ from typing import Any
 import numpy as np
 import torch
 
+from skipxl.engine.distributed import barrier as _barrier
 from skipxl.errors import SkipxlError
 
+#: The layout of our checkpoint state (see the module docstring); bump it when it changes.
+FORMAT_VERSION = 2
 LATEST = "latest"
 TAG_RE = re.compile(r"^step_(\d+)$")
 RANK_FILE = "skipxl_rank_{rank:05d}.pt"
@@ -94,11 +102,6 @@ def _prune(ckpt_dir: Path, keep: int, protect: str) -> None:
     for stale in Path(ckpt_dir).glob("tmp_step_*"):
         if stale.is_dir() and stale.name != f"tmp_{protect}":
             shutil.rmtree(stale, ignore_errors=True)
-
-
-def _barrier() -> None:
-    if torch.distributed.is_available() and torch.distributed.is_initialized():
-        torch.distributed.barrier()
 
 
 # ----------------------------------------------------------------------------- save / load
@@ -208,6 +211,52 @@ def load(
             "delete that checkpoint folder and point 'latest' at an older one"
         ) from exc
     return client_state or {}, rank_state, tag
+
+
+def upgrade(
+    client: dict[str, Any], rank: dict[str, Any], tag: str, policy_names: list[str]
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Bring a loaded ``(client_state, rank_state)`` to :data:`FORMAT_VERSION`, or fail clearly.
+
+    Version 1 (before the training policies): ``client["phase"]`` and ``rank["plan_generator"]``
+    become the state of the ``skip_retain`` / ``cross_head`` policies (which share that generator),
+    ``rank["mems"]`` and ``client["step"]`` the trainer's state.
+    """
+    version = int(client.get("format_version", 1))
+    if version == FORMAT_VERSION:
+        return client, rank
+    if version > FORMAT_VERSION:
+        raise SkipxlError(
+            f"checkpoint {tag} has format version {version}, newer than this skipxl reads "
+            f"({FORMAT_VERSION}); resume it with the skipxl version that wrote it"
+        )
+    missing = [k for k in ("step", "phase") if k not in client] + [
+        k for k in ("plan_generator", "mems") if k not in rank
+    ]
+    if missing:
+        raise SkipxlError(
+            f"checkpoint {tag} is a format version 1 checkpoint (written before skipxl's training "
+            f"policies) but lacks {missing}; it cannot be resumed, start a new run"
+        )
+    policies: dict[str, Any] = {}
+    for name in policy_names:
+        if name == "skip_retain":
+            policies[name] = {"phase": client["phase"], "generator": rank["plan_generator"]}
+        elif name == "cross_head":
+            policies[name] = {"generator": rank["plan_generator"]}
+        else:
+            raise SkipxlError(
+                f"checkpoint {tag} is a format version 1 checkpoint (written before skipxl's training "
+                f"policies) and has no state for policy {name!r}; resume without it or start a new run"
+            )
+    client = {**client, "format_version": FORMAT_VERSION, "policies": policy_names}
+    rank = {
+        "rng": rank["rng"],
+        "iterator": rank["iterator"],
+        "train_state": {"step": int(client["step"]), "mems": rank["mems"]},
+        "policies": policies,
+    }
+    return client, rank
 
 
 # ----------------------------------------------------------------------------- fp32 export

@@ -136,7 +136,10 @@ class TrainConfig:
 
 @dataclass(frozen=True)
 class EvalConfig:
-    """The Transformer-XL evaluation protocol (``eval.py`` of Dai et al. 2019).
+    """The Transformer-XL evaluation protocol (``eval.py`` of Dai et al. 2019): the one type of
+    evaluation context, used by the validations during training, the final scores and
+    ``skipxl eval``. Validated on construction by the model's own rules
+    (:class:`~skipxl.model.context.Context`), so a bad value fails before a run starts.
 
     Attributes:
         tgt_len: segment length scored per forward pass.
@@ -156,11 +159,33 @@ class EvalConfig:
     batch_size: int = 10
 
     def __post_init__(self) -> None:
-        require(self.tgt_len >= 1, f"eval tgt_len must be >= 1, got {self.tgt_len}")
-        require(self.mem_len >= 0, f"eval mem_len must be >= 0, got {self.mem_len}")
-        require(self.ext_len >= 0, f"eval ext_len must be >= 0, got {self.ext_len}")
-        require(self.clamp_len >= -1, f"eval clamp_len must be >= -1 (-1 = off), got {self.clamp_len}")
+        from skipxl.errors import SkipxlError
+
+        try:
+            self.context  # noqa: B018 (validates: the rules the model's forward relies on)
+        except SkipxlError as exc:
+            raise SkipxlError(f"evaluation context: {exc}") from None
         require(self.batch_size >= 1, f"eval batch_size must be >= 1, got {self.batch_size}")
+
+    @property
+    def context(self) -> Any:
+        """The model-side :class:`~skipxl.model.context.Context` of this protocol."""
+        from skipxl.model.context import Context
+
+        return Context.of(self)
+
+    @classmethod
+    def for_validation(cls, model_cfg: Any, train_cfg: TrainConfig, batch_size: int) -> EvalConfig:
+        """The validations *during* training: the training context (memory, clamp, same_length)
+        with segments of ``val_tgt_len`` (the original's ``eval_tgt_len``)."""
+        return cls(
+            tgt_len=train_cfg.val_tgt_len or model_cfg.tgt_len,
+            mem_len=model_cfg.mem_len,
+            ext_len=model_cfg.ext_len,
+            clamp_len=model_cfg.clamp_len,
+            same_length=model_cfg.same_length,
+            batch_size=batch_size,
+        )
 
 
 @dataclass(frozen=True)
@@ -197,6 +222,13 @@ class RunConfig:
             f"{'set' if cross_on else 'None'} (got skip={has_skip}, cross_head={has_cross}); build the model "
             "config with skipxl.engine.variants.apply_variant",
         )
+        if hasattr(self.model, "mem_len"):
+            self.validation_eval  # noqa: B018 (validates the context of the validations during training)
+
+    @property
+    def validation_eval(self) -> EvalConfig:
+        """The protocol of the validations during training (see :meth:`EvalConfig.for_validation`)."""
+        return EvalConfig.for_validation(self.model, self.train, self.eval.batch_size)
 
 
 def run_config_to_dict(cfg: RunConfig) -> dict[str, Any]:

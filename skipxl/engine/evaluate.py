@@ -4,10 +4,11 @@ A split is cut into ``batch_size`` parallel streams, each read left to right in 
 of ``tgt_len`` tokens while the memory (``mem_len``) carries the context forward; the
 score is the token-weighted mean negative log-likelihood (``total nll / total tokens``),
 reported as perplexity for word-level corpora and bits per character for char-level ones.
-The context is set with ``model.reset_context`` (tgt_len, mem_len, ext_len, clamp_len,
-same_length) and restored afterwards, so the same function serves the validations during
-training (training context, the original's ``eval_tgt_len``) and the final scores with
-the published protocol (e.g. WikiText-103 base: tgt 64, mem 640, clamp 400, same_length).
+The protocol is an :class:`~skipxl.engine.config.EvalConfig` (validated when it is built) and
+its context is passed to every forward call, so the same function serves the validations during
+training (training context, the original's ``eval_tgt_len``), the final scores with the
+published protocol (e.g. WikiText-103 base: tgt 64, mem 640, clamp 400, same_length) and
+``skipxl eval``.
 
 Streams are split across data-parallel ranks (rank-major); every rank runs the same number
 of segments (needed under ZeRO-3, whose forward gathers parameters collectively) and the
@@ -22,24 +23,10 @@ from typing import Any
 import numpy as np
 import torch
 
+from skipxl.engine.config import EvalConfig
+from skipxl.engine.distributed import all_reduce, collective_device
 from skipxl.engine.metrics import loss_metrics, metric_level
 from skipxl.errors import SkipxlError
-
-
-@dataclass(frozen=True)
-class Protocol:
-    """A context for evaluation (a subset of :class:`~skipxl.engine.config.EvalConfig`)."""
-
-    tgt_len: int
-    mem_len: int
-    ext_len: int = 0
-    clamp_len: int = -1
-    same_length: bool = False
-    batch_size: int = 10
-
-    @classmethod
-    def from_eval_config(cls, cfg: Any) -> Protocol:
-        return cls(cfg.tgt_len, cfg.mem_len, cfg.ext_len, cfg.clamp_len, cfg.same_length, cfg.batch_size)
 
 
 @dataclass(frozen=True)
@@ -51,17 +38,26 @@ class EvalResult:
         return {**loss_metrics(self.loss, level, prefix), f"{prefix}/tokens": self.tokens}
 
 
-def _all_reduce_sum(values: torch.Tensor) -> torch.Tensor:
-    if torch.distributed.is_available() and torch.distributed.is_initialized():
-        torch.distributed.all_reduce(values, op=torch.distributed.ReduceOp.SUM)
-    return values
+def check_split(n_tokens: int, protocol: EvalConfig, world_size: int = 1) -> None:
+    """Refuse a protocol that cannot score a split of ``n_tokens`` on ``world_size`` ranks (the
+    trainer calls this at start-up for its validations and final scores)."""
+    if protocol.batch_size % world_size:
+        raise SkipxlError(
+            f"eval batch_size {protocol.batch_size} is not divisible by the world size {world_size}; "
+            f"pass --eval_batch_size {protocol.batch_size + world_size - protocol.batch_size % world_size}"
+        )
+    if n_tokens < protocol.batch_size + 1:
+        raise SkipxlError(
+            f"the split has {n_tokens} tokens, too few for {protocol.batch_size} "
+            "evaluation streams; lower --eval_batch_size"
+        )
 
 
 @torch.no_grad()
 def evaluate_split(
     model: torch.nn.Module,
     tokens: np.ndarray,
-    protocol: Protocol,
+    protocol: EvalConfig,
     *,
     rank: int = 0,
     world_size: int = 1,
@@ -76,26 +72,10 @@ def evaluate_split(
     """
     from skipxl.data import eval_batches
 
-    if protocol.batch_size % world_size:
-        raise SkipxlError(
-            f"eval batch_size {protocol.batch_size} is not divisible by the world size {world_size}; "
-            f"pass --eval_batch_size {protocol.batch_size + world_size - protocol.batch_size % world_size}"
-        )
-    if len(tokens) < protocol.batch_size + 1:
-        raise SkipxlError(
-            f"the split has {len(tokens)} tokens, too few for {protocol.batch_size} "
-            "evaluation streams; lower --eval_batch_size"
-        )
+    check_split(len(tokens), protocol, world_size)
     was_training = model.training
-    saved = dict(model.context)
+    context = protocol.context
     model.eval()
-    model.reset_context(
-        tgt_len=protocol.tgt_len,
-        mem_len=protocol.mem_len,
-        ext_len=protocol.ext_len,
-        clamp_len=protocol.clamp_len,
-        same_length=protocol.same_length,
-    )
     segments = eval_batches(
         tokens, protocol.batch_size, protocol.tgt_len, protocol.ext_len, rank=rank, world_size=world_size
     )
@@ -105,21 +85,17 @@ def evaluate_split(
     try:
         mems = None
         for n_batches, (inputs, targets) in enumerate(segments, start=1):
-            out = model(inputs.to(device), targets=targets.to(device), mems=mems)
+            out = model(inputs.to(device), targets=targets.to(device), mems=mems, context=context)
             mems = out.mems
             nll_sum += out.nll.double().sum()
             count += out.nll.numel()
             if max_batches is not None and n_batches >= max_batches:
                 break
     finally:
-        model.reset_context(**saved)
         model.train(was_training)
     total[0] = nll_sum.cpu()
     total[1] = count
-    if torch.distributed.is_available() and torch.distributed.is_initialized():
-        backend = torch.distributed.get_backend()
-        dev_total = total.to(device) if backend == "nccl" else total
-        total = _all_reduce_sum(dev_total).cpu()
+    total = all_reduce(total.to(collective_device(device)), "sum").cpu()
     if total[1] <= 0:
         raise SkipxlError("evaluation scored no tokens; the split is shorter than one segment")
     return EvalResult(loss=float(total[0] / total[1]), tokens=int(total[1]))
@@ -151,20 +127,20 @@ def evaluate_run(
     from skipxl.data import load_corpus
     from skipxl.engine.checkpoint import fp32_state_dict, resolve_tag
     from skipxl.engine.config import run_config_from_dict
+    from skipxl.engine.run_dir import CHECKPOINTS, CONFIG
     from skipxl.model import TransformerXL
 
     run_dir = Path(run_dir)
     if split not in SPLIT_ALIASES:
         raise SkipxlError(f"unknown --split {split!r}; choose valid or test (or train)")
     split = SPLIT_ALIASES[split]
-    if not (run_dir / "config.json").is_file():
+    if not (run_dir / CONFIG).is_file():
         raise SkipxlError(
             f"{run_dir} is not a run folder (no config.json); pass the --out folder of a training run"
         )
-    cfg = run_config_from_dict(load_json(run_dir / "config.json"))
-    eval_cfg = dc.replace(cfg.eval, **(overrides or {}))
-    protocol = Protocol.from_eval_config(eval_cfg)
-    ckpt_dir = run_dir / "checkpoints"
+    cfg = run_config_from_dict(load_json(run_dir / CONFIG))
+    protocol = dc.replace(cfg.eval, **(overrides or {}))  # validated here, before any work
+    ckpt_dir = run_dir / CHECKPOINTS
     tag = resolve_tag(ckpt_dir, tag)
     corpus = load_corpus(cfg.data)
     model = TransformerXL(cfg.model)

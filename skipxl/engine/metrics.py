@@ -5,6 +5,10 @@ loop calls it unconditionally. Keys follow TensorBoard's ``group/name`` conventi
 (``train/loss``, ``val/ppl``, ``skip/fraction/layer_03``); every JSONL line carries
 ``step``. On a resumed run, ``metrics.jsonl`` rows beyond the checkpoint's step are dropped
 first, so the file reads as one uninterrupted run.
+
+:class:`StepWindow` sums one logging interval of training steps (as tensors, no host sync per
+step) and turns it into the logged row; :func:`engine_stats`, :func:`memory_stats` and
+:func:`throughput_summary` are the other rows and summaries the trainer logs.
 """
 
 from __future__ import annotations
@@ -17,7 +21,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from skipxl.engine.run_dir import METRICS, TB
+from skipxl.engine.distributed import all_reduce
+from skipxl.engine.run_dir import METRICS, TB, read_metrics
 
 LN2 = math.log(2.0)
 
@@ -163,3 +168,107 @@ def _plain(value: Any) -> Any:
     if hasattr(value, "item") and callable(value.item):
         return value.item()
     return value
+
+
+class StepWindow:
+    """Sums over one logging interval (kept as tensors: no host sync per step)."""
+
+    def __init__(self, n_layer: int) -> None:
+        self.n_layer = n_layer
+        self.reset()
+        self.last_losses: list[float] = []
+
+    def reset(self) -> None:
+        self.step_losses: list[Any] = []
+        self.steps = 0
+        self.skips = [0] * self.n_layer
+        self.swaps = 0.0
+        self.swap_steps = 0
+        self.lr = 0.0
+        self.grad_norm: float | None = None
+
+    def add(self, loss: Any, plan: Any, lr: float) -> None:
+        """One step: its mean loss (a 0-d tensor), its :class:`~skipxl.model.StepPlan`, its lr."""
+        import torch
+
+        self.step_losses.append(loss)
+        self.steps += 1
+        self.lr = lr
+        if plan.skip is not None:
+            self.skips = [c + int(s) for c, s in zip(self.skips, plan.skip, strict=True)]
+        if plan.head_index is not None:
+            idx = plan.head_index
+            ident = torch.arange(idx.size(1)).expand_as(idx)  # [n_layer, H]
+            self.swaps += float((idx != ident).float().mean())
+            self.swap_steps += 1
+
+    def flush(self, world_size: int, seconds: float, tokens_per_step: int, level: str) -> dict[str, Any]:
+        """The row of the interval (losses averaged over ranks: collective); starts a new one."""
+        import torch
+
+        losses = torch.stack(self.step_losses).float()  # [steps]
+        losses = all_reduce(losses.clone() if losses.device.type != "cpu" else losses, "sum") / world_size
+        values = losses.cpu().tolist()
+        mean = sum(values) / len(values)
+        row: dict[str, Any] = loss_metrics(mean, level, "train")
+        row["lr"] = self.lr
+        row["tokens_per_s"] = tokens_per_step * self.steps / max(seconds, 1e-9)
+        row["step_time_s"] = seconds / self.steps
+        if self.grad_norm is not None:
+            row["grad_norm"] = self.grad_norm
+        if any(self.skips) or self.swap_steps:
+            for layer, c in enumerate(self.skips):
+                row[f"skip/fraction/layer_{layer:02d}"] = c / self.steps
+            row["skip/fraction/mean"] = sum(self.skips) / (self.steps * self.n_layer)
+        if self.swap_steps:
+            row["cross_head/swap_rate"] = self.swaps / self.swap_steps
+        self.reset()
+        self.last_losses = values
+        return row
+
+
+def engine_stats(engine: Any) -> dict[str, float]:
+    """DeepSpeed's gradient norm (when it keeps one) and loss scale (1.0 without fp16)."""
+    row: dict[str, float] = {}
+    norm = engine.get_global_grad_norm()
+    if norm is not None:
+        row["grad_norm"] = float(norm)
+    opt = engine.optimizer
+    scale = getattr(opt, "cur_scale", None)
+    if scale is None:
+        scale = getattr(opt, "loss_scale", None)
+    row["loss_scale"] = float(scale) if isinstance(scale, (int, float)) else 1.0
+    return row
+
+
+def memory_stats(mem: Any) -> dict[str, float]:
+    """Per-layer memory age and the effective context of the first stream group."""
+    row: dict[str, float] = {}
+    spans = []
+    for layer, (ages, stale) in enumerate(zip(mem.ages(), mem.staleness(), strict=True)):
+        mean_age = float(ages.float().mean()) if ages.numel() else 0.0
+        row[f"memory/age/layer_{layer:02d}"] = mean_age
+        row[f"memory/staleness/layer_{layer:02d}"] = float(stale)
+        spans.append(float(ages.max()) if ages.numel() else 0.0)
+    row["context/effective_len"] = sum(spans) / max(len(spans), 1)
+    return row
+
+
+def throughput_summary(out_dir: Path) -> dict[str, float]:
+    """Median tokens/s, peak memory and best validation loss of a run folder's metrics."""
+    import numpy as np
+
+    rows = read_metrics(out_dir)
+    tps = [r["tokens_per_s"] for r in rows if "tokens_per_s" in r]
+    peak = [r["memory/peak_bytes"] for r in rows if "memory/peak_bytes" in r]
+    vals = [r["val/loss"] for r in rows if "val/loss" in r]
+    summary: dict[str, float] = {}
+    if tps:
+        summary["tokens_per_s"] = float(np.median(tps))
+    if peak:
+        summary["peak_memory_bytes"] = float(max(peak))
+    if vals:
+        summary["best_val_loss"] = float(min(vals))
+    if not math.isfinite(summary.get("best_val_loss", 0.0)):
+        summary.pop("best_val_loss")
+    return summary

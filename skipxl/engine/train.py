@@ -1,58 +1,71 @@
-"""The training loop: one DeepSpeed engine, Transformer-XL memories, two Skip-Retain phases.
+"""The training loop: one DeepSpeed engine, Transformer-XL memories, pluggable training policies.
 
-Read top to bottom, :func:`train` is the whole algorithm:
+:class:`Trainer` holds a run: set-up (world, run folder, data, model, Adam + cosine schedule, the
+DeepSpeed engine, the training policies), one optimizer step (:meth:`Trainer.train_step`),
+validation, the final evaluation and checkpoints. :meth:`Trainer.fit` is the whole algorithm:
 
-1. set up the world, seeds, data, model, Adam + cosine schedule, ``deepspeed.initialize``;
-2. resume the exact state (weights, optimizer, scheduler, RNGs, memories, data position,
-   phase) when asked;
-3. loop over optimizer steps; each step draws one :class:`~skipxl.model.StepPlan` (which
-   layers skip, which heads mix; shared by its micro-steps and identical on every rank),
-   then runs ``grad_accum`` micro-steps. Micro-step ``a`` of rank ``r`` always reads the
-   same streams, so it keeps its own Transformer-XL memory from one step to the next
-   (Dai et al. 2019, Sec. 3.2);
-4. log, validate, switch phase, checkpoint; on SIGTERM/SIGINT checkpoint and stop;
-5. at the end: checkpoint, score valid and test with the evaluation protocol, write
+1. loop over optimizer steps; each step asks the policies for one
+   :class:`~skipxl.model.StepPlan` (which layers skip, which heads mix; shared by its
+   micro-steps and identical on every rank), then runs ``grad_accum`` micro-steps. Micro-step
+   ``a`` of rank ``r`` always reads the same streams, so it keeps its own Transformer-XL memory
+   from one step to the next (Dai et al. 2019, Sec. 3.2);
+2. log, validate, checkpoint; on SIGTERM/SIGINT checkpoint and stop;
+3. at the end: checkpoint, score valid and test with the evaluation protocol, write
    ``results.json``.
 
-The logged training loss is the mean of the micro-batch losses averaged over ranks (what
-the optimizer step actually minimised), not DeepSpeed's last-micro-batch value.
+What a method does around a step (Skip-Retain's skips, phases and skipped gradients, the
+cross-head draws) is a :class:`~skipxl.engine.policies.TrainingPolicy`; the loop never looks
+inside one. The logged training loss is the mean of the micro-batch losses averaged over ranks
+(what the optimizer step actually minimised), not DeepSpeed's last-micro-batch value.
 """
 
 from __future__ import annotations
 
 import contextlib
 import dataclasses
-import math
+import functools
 import os
 import signal
 import time
-import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 
 from skipxl.config_io import save_json
 from skipxl.engine import checkpoint as ckpt
 from skipxl.engine import run_dir as rd
 from skipxl.engine.config import RunConfig, run_config_to_dict
-from skipxl.engine.distributed import ensure_accelerator_env, ensure_launch_env
+from skipxl.engine.distributed import (
+    agree,
+    barrier,
+    ensure_accelerator_env,
+    ensure_launch_env,
+    seed_everything,
+)
 from skipxl.engine.ds_config import build_ds_config, precision_of, resolve_batch, zero_stage_of
-from skipxl.engine.evaluate import Protocol, evaluate_split
+from skipxl.engine.ds_engine import build_engine, optimizer_step
+from skipxl.engine.evaluate import check_split, evaluate_split
 from skipxl.engine.metrics import (
     MetricsLogger,
-    loss_metrics,
+    StepWindow,
+    engine_stats,
+    memory_stats,
     metric_level,
     peak_memory_bytes,
+    throughput_summary,
     truncate_metrics,
 )
 from skipxl.engine.phases import PhaseController
+from skipxl.engine.policies import Policies, PolicyEvent, StepMetrics, TrainView, paper_policies
 from skipxl.engine.schedule import make_scheduler
 from skipxl.engine.variants import uses_skip
 from skipxl.errors import SkipxlError
+from skipxl.model import Memory, StepPlan
 from skipxl.profiling import MemoryProfiler
+
+__all__ = ["TrainResult", "TrainState", "Trainer", "seed_everything", "train", "training_policies"]
 
 
 @dataclass
@@ -67,36 +80,23 @@ class TrainResult:
     final: dict[str, float]
 
 
-# ----------------------------------------------------------------------------- set-up helpers
+@dataclass
+class TrainState:
+    """What the loop changes besides the weights and the optimizer (DeepSpeed checkpoints those):
+    the optimizer steps done and each micro-step's Transformer-XL memory (this rank's)."""
+
+    step: int = 0
+    mems: list[Memory | None] = field(default_factory=list)
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"step": self.step, "mems": list(self.mems)}
+
+    def load_state_dict(self, state: dict[str, Any], device: torch.device) -> None:
+        self.step = int(state["step"])
+        self.mems = [None if m is None else m.to(device) for m in state["mems"]]
 
 
-def seed_everything(seed: int, deterministic: bool = False) -> None:
-    """Seed python, numpy and torch; optionally ask PyTorch for deterministic kernels."""
-    import random
-
-    random.seed(seed)
-    np.random.seed(seed % 2**32)
-    torch.manual_seed(seed)
-    if deterministic:
-        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
-        torch.use_deterministic_algorithms(True, warn_only=True)
-        torch.backends.cudnn.deterministic = True
-        torch.backends.cudnn.benchmark = False
-
-
-def _barrier() -> None:
-    if torch.distributed.is_available() and torch.distributed.is_initialized():
-        torch.distributed.barrier()
-
-
-def _all_reduce(t: torch.Tensor, op: str = "sum") -> torch.Tensor:
-    if torch.distributed.is_available() and torch.distributed.is_initialized():
-        ops = {"sum": torch.distributed.ReduceOp.SUM, "max": torch.distributed.ReduceOp.MAX}
-        torch.distributed.all_reduce(t, op=ops[op])
-    return t
-
-
-class _StopFlag:
+class StopFlag:
     """SIGTERM/SIGINT set a flag; the loop checkpoints and stops at the next step boundary."""
 
     def __init__(self) -> None:
@@ -116,139 +116,14 @@ class _StopFlag:
             signal.signal(sig, old)
 
 
-def _load_data(cfg: RunConfig, local_rank: int) -> Any:
-    """Load (and on first use encode) the corpus; local rank 0 first so the cache is built once."""
-    from skipxl.data import load_corpus
-
-    corpus = None
-    if local_rank == 0:
-        corpus = load_corpus(cfg.data)
-    _barrier()
-    if corpus is None:
-        corpus = load_corpus(cfg.data)
-    return corpus
+def training_policies(cfg: RunConfig) -> Policies:
+    """The run's training policies: the paper's methods its model config switches on, with the
+    Skip-Retain phase rule of its TrainConfig."""
+    phase = PhaseController.from_config(cfg.train, enabled=uses_skip(cfg.variant))
+    return paper_policies(cfg.model, phase)
 
 
-class TraversableOutput(dict):
-    """The model's :class:`~skipxl.model.LMOutput` as a dict with attribute access.
-
-    DeepSpeed ZeRO-3 re-gathers a module's partitioned parameters for the backward pass
-    through hooks it attaches to the module's *outputs*, and it only finds tensors inside
-    tensors, tuples, lists and dicts. ``LMOutput`` is a dataclass, so without this the
-    root-level parameters (the shared u/v biases ``r_w_bias``/``r_r_bias``) stay
-    partitioned during backward and autograd fails with a size-0 mismatch.
-    """
-
-    __getattr__ = dict.__getitem__
-
-
-def _traversable_output(module: torch.nn.Module, args: Any, output: Any) -> Any:
-    if dataclasses.is_dataclass(output) and not isinstance(output, dict):
-        return TraversableOutput({f.name: getattr(output, f.name) for f in dataclasses.fields(output)})
-    return output
-
-
-def _skip_param_ids(model: torch.nn.Module, skip: tuple[bool, ...] | None) -> list[torch.nn.Parameter]:
-    if not skip:
-        return []
-    return [p for layer, s in zip(model.layers, skip, strict=True) if s for p in layer.parameters()]
-
-
-# ----------------------------------------------------------------------------- engine and step
-
-
-def build_engine(model: torch.nn.Module, tc: Any, ds_config: dict[str, Any]) -> tuple[Any, Any]:
-    """``deepspeed.initialize`` with a plain ``torch.optim.Adam`` and the cosine ``LambdaLR``.
-
-    A client torch optimizer (``zero_allow_untested_optimizer`` in the shipped configs) needs
-    no compiled op, so this runs on a CPU-only machine as well as on GPUs.
-    """
-    import deepspeed
-
-    model.register_forward_hook(_traversable_output)  # before DeepSpeed's own hooks; see TraversableOutput
-    optimizer = torch.optim.Adam(
-        model.parameters(),
-        lr=tc.lr,
-        betas=tuple(tc.adam_betas),
-        eps=tc.adam_eps,
-        weight_decay=tc.weight_decay,
-    )
-    scheduler = make_scheduler(optimizer, tc)
-    engine, _, _, _ = deepspeed.initialize(
-        model=model, optimizer=optimizer, lr_scheduler=scheduler, config=ds_config
-    )
-    if engine.world_size == 1 and zero_stage_of(ds_config) == 0 and precision_of(ds_config) == "fp32":
-        # One process, no ZeRO, fp32: the gradient all-reduce averages over a world of one, yet it
-        # flattens and copies every gradient (~20% of a CPU step for wt103_base); skip it.
-        engine.enable_backward_allreduce = False
-    return engine, scheduler
-
-
-def engine_step(
-    engine: Any,
-    micro_batches: list[tuple[torch.Tensor, torch.Tensor]],
-    mems: list[Any],
-    plan: Any,
-    *,
-    device: torch.device,
-    honour_no_grad: bool = False,
-    want_grad_norm: bool = False,
-) -> tuple[torch.Tensor, float | None]:
-    """One optimizer step: every micro-step with its own memory (``mems`` is updated in place).
-
-    Returns the mean micro-batch loss (a device tensor, no host sync) and, when asked, the
-    gradient norm before clipping.
-    """
-    module = engine.module
-    step_loss = torch.zeros((), device=device, dtype=torch.float32)
-    norm = None
-    for a, (inputs, targets) in enumerate(micro_batches):
-        out = engine(inputs.to(device), targets=targets.to(device), mems=mems[a], plan=plan)
-        engine.backward(out.loss)
-        if a == len(micro_batches) - 1:
-            if honour_no_grad:
-                for p in _skip_param_ids(module, plan.skip):
-                    p.grad = None  # DeepSpeed zero-filled it for the all-reduce; Adam must see none
-            if want_grad_norm:
-                norm = _grad_norm(module)  # DeepSpeed does not keep it at stage 0 fp32
-        engine.step()
-        mems[a] = out.mems
-        step_loss += out.loss.detach().float()
-    return step_loss / len(micro_batches), norm
-
-
-# ----------------------------------------------------------------------------- the loop
-
-
-def train(
-    cfg: RunConfig, *, resume: bool = False, progress: bool = True, stop_at_step: int | None = None
-) -> TrainResult:
-    """Train ``cfg`` through DeepSpeed; see the module docstring.
-
-    Args:
-        resume: continue the run in ``cfg.out_dir`` from its latest checkpoint.
-        progress: show a progress bar on rank 0.
-        stop_at_step: checkpoint and stop (as if pre-empted) once this step is reached.
-    """
-    world = ensure_launch_env()
-    ensure_accelerator_env()
-    tc, model_cfg = cfg.train, cfg.model
-    micro, accum = resolve_batch(tc.global_batch, tc.micro_batch, tc.grad_accum, world.world_size)
-    ds_config = build_ds_config(
-        tc.ds_config,
-        micro_batch=micro,
-        grad_accum=accum,
-        world_size=world.world_size,
-        overrides={"gradient_clipping": tc.clip},
-    )
-    out_dir = Path(cfg.out_dir)
-    rd.check_run_dir(out_dir, resume=resume)
-    if cfg.eval.batch_size % world.world_size:
-        raise SkipxlError(
-            f"eval batch_size {cfg.eval.batch_size} is not divisible by the world size {world.world_size}; "
-            "pass --eval_batch_size with a multiple of it"
-        )
-
+def _init_deepspeed(out_dir: Path, is_main: bool) -> None:
     import deepspeed
 
     if os.environ.get("SKIPXL_DS_LOG", "warning") != "info":
@@ -256,255 +131,376 @@ def train(
 
         deepspeed.utils.logger.setLevel(logging.WARNING)
     deepspeed.init_distributed(verbose=False)
-    _barrier()
-    if world.is_main:
+    barrier()
+    if is_main:
         out_dir.mkdir(parents=True, exist_ok=True)
-    _barrier()
+    barrier()
 
-    corpus = _load_data(cfg, world.local_rank)
-    if corpus.n_token != model_cfg.n_token:
-        raise SkipxlError(
-            f"the model has n_token={model_cfg.n_token} but the {cfg.data.corpus} vocabulary "
-            f"has {corpus.n_token} symbols; set --n_token {corpus.n_token} (recipes do this)"
+
+class Trainer:
+    """One training run of a :class:`~skipxl.engine.config.RunConfig`; see the module docstring.
+
+    Args:
+        resume: continue the run in ``cfg.out_dir`` from its latest checkpoint.
+        progress: show a progress bar on rank 0.
+        policies: the training policies (default: :func:`training_policies` of ``cfg``).
+    """
+
+    def __init__(
+        self, cfg: RunConfig, *, resume: bool = False, progress: bool = True, policies: Policies | None = None
+    ) -> None:
+        self.cfg, tc, mc = cfg, cfg.train, cfg.model
+        self.world = ensure_launch_env()
+        ensure_accelerator_env()
+        self.micro, self.accum = resolve_batch(
+            tc.global_batch, tc.micro_batch, tc.grad_accum, self.world.world_size
         )
-    level = metric_level(corpus.vocab.level)
-
-    # Same initial weights on every rank (ZeRO-3 partitions each rank's own copy), then a
-    # per-rank stream for dropout.
-    seed_everything(tc.seed, tc.deterministic)
-    from skipxl.model import TransformerXL
-
-    model = TransformerXL(model_cfg)
-    n_params = model.num_parameters()
-    rank_seed = tc.seed + tc.rank_seed_offset * world.rank
-    seed_everything(rank_seed, tc.deterministic)
-
-    engine, scheduler = build_engine(model, tc, ds_config)
-    device = engine.device
-    module = engine.module
-    precision, stage = precision_of(ds_config), zero_stage_of(ds_config)
-
-    skip_cfg = model_cfg.skip
-    plain_fp32 = stage == 0 and precision == "fp32"
-    honour_no_grad = skip_cfg is not None and skip_cfg.skipped_grad == "none"
-    if honour_no_grad and (stage > 0 or precision != "fp32"):
-        honour_no_grad = False
-        if world.is_main:
-            warnings.warn(
-                f"skipped_grad='none' cannot be honoured with ZeRO stage {stage} / {precision}: the flat "
-                "gradient buffers give a skipped layer a zero gradient, so Adam's momentum still moves "
-                "it (use ZeRO stage 0 in fp32 for the paper's no-gradient behaviour)",
-                stacklevel=1,
-            )
-
-    from skipxl.data import LMOrderedIterator
-
-    train_iter = LMOrderedIterator(
-        corpus.splits["train"],
-        global_batch=tc.global_batch,
-        tgt_len=model_cfg.tgt_len,
-        ext_len=model_cfg.ext_len,
-        rank=world.rank,
-        world_size=world.world_size,
-        micro_steps=accum,
-        epochs=None,
-    )
-    phase = PhaseController.from_config(tc, enabled=uses_skip(cfg.variant))
-    mems: list[Any] = [None] * accum
-    step = 0
-
-    ckpt_dir = out_dir / rd.CHECKPOINTS
-    if resume:
-        client, rank_state, tag = ckpt.load(engine, ckpt_dir, rank=world.rank, map_location="cpu")
-        if client.get("world_size") != world.world_size or client.get("grad_accum") != accum:
+        self.ds_config = build_ds_config(
+            tc.ds_config,
+            micro_batch=self.micro,
+            grad_accum=self.accum,
+            world_size=self.world.world_size,
+            overrides={"gradient_clipping": tc.clip},
+        )
+        self.out_dir = Path(cfg.out_dir)
+        rd.check_run_dir(self.out_dir, resume=resume)
+        self.val_eval = cfg.validation_eval  # validated with the final protocol, before any work
+        if cfg.eval.batch_size % self.world.world_size:
             raise SkipxlError(
-                f"checkpoint {tag} was saved with world size {client.get('world_size')} and "
-                f"grad_accum {client.get('grad_accum')}; resume with the same (now {world.world_size}"
-                f" and {accum}) so every stream meets its own memory"
+                f"eval batch_size {cfg.eval.batch_size} is not divisible by the world size "
+                f"{self.world.world_size}; pass --eval_batch_size with a multiple of it"
             )
-        step = int(client["step"])
-        phase.load_state_dict(client["phase"])
-        ckpt.set_rng_state(rank_state["rng"])
-        module.plan_generator.set_state(rank_state["plan_generator"])
-        train_iter.load_state_dict(rank_state["iterator"])
-        mems = [None if m is None else m.to(device) for m in rank_state["mems"]]
-        if world.is_main:
-            truncate_metrics(out_dir, step)
-    module.skip_enabled = phase.skipping
-
-    run_dict = run_config_to_dict(cfg)
-    run_dict["ds_config"] = ds_config
-    if world.is_main:
-        rd.write_config(out_dir, run_dict)
-        rd.write_meta(
-            out_dir,
-            rd.collect_meta(
-                world_size=world.world_size,
-                seeds={
-                    "seed": tc.seed,
-                    "rank_seed_offset": tc.rank_seed_offset,
-                    "plan_seed": model_cfg.plan_seed,
-                },
-                extra={
-                    "micro_batch": micro,
-                    "grad_accum": accum,
-                    "n_params": n_params,
-                    "precision": precision,
-                    "zero_stage": stage,
-                    "vocab_size": corpus.n_token,
-                    "level": level,
-                },
-            ),
+        _init_deepspeed(self.out_dir, self.world.is_main)
+        self.corpus = self._load_data()
+        self.level = metric_level(self.corpus.vocab.level)
+        for split, protocol in (("valid", self.val_eval), ("valid", cfg.eval), ("test", cfg.eval)):
+            check_split(len(self.corpus.splits[split]), protocol, self.world.world_size)
+        self._build_engine()
+        self.policies = policies if policies is not None else training_policies(cfg)
+        self.policies.bind(
+            TrainView(self.module, self.engine.optimizer, self.world, self.zero_stage, self.precision)
         )
-    logger = MetricsLogger(
-        out_dir, enabled=world.is_main, total_steps=tc.max_steps, start_step=step, progress=progress
-    )
-    # Off by default: when off no hook is registered and nothing is measured.
-    profiler = MemoryProfiler(
-        enabled=tc.profile_memory and world.is_main, sink=logger.log, step_fn=lambda: step + 1
-    ).attach(engine)
+        from skipxl.data import LMOrderedIterator
 
-    def client_state() -> dict[str, Any]:
-        return {
-            "step": step,
-            "phase": phase.state_dict(),
-            "world_size": world.world_size,
-            "grad_accum": accum,
-            "micro_batch": micro,
-            "variant": cfg.variant,
-        }
+        self.train_iter = LMOrderedIterator(
+            self.corpus.splits["train"],
+            global_batch=tc.global_batch,
+            tgt_len=mc.tgt_len,
+            ext_len=mc.ext_len,
+            rank=self.world.rank,
+            world_size=self.world.world_size,
+            micro_steps=self.accum,
+            epochs=None,
+        )
+        self.batches = iter(self.train_iter)
+        self.state = TrainState(mems=[None] * self.accum)
+        self.last_saved = -1
+        if resume:
+            self.load()
+        self._write_run_files()
+        self.logger = MetricsLogger(
+            self.out_dir,
+            enabled=self.world.is_main,
+            total_steps=tc.max_steps,
+            start_step=self.state.step,
+            progress=progress,
+        )
+        # Off by default: when off no hook is registered and nothing is measured.
+        self.profiler = MemoryProfiler(
+            enabled=tc.profile_memory and self.world.is_main, sink=self.logger.log, step_fn=self._next_step
+        ).attach(self.engine)
+        self.window = StepWindow(mc.n_layer)
+        self.losses: list[float] = []
+        self.t_last = time.perf_counter()
 
-    def rank_state() -> dict[str, Any]:
-        return {
-            "rng": ckpt.rng_state(),
-            "plan_generator": module.plan_generator.get_state(),
-            "iterator": train_iter.state_dict(),
-            "mems": mems,
-        }
+    # ------------------------------------------------------------------ set-up
+    def _load_data(self) -> Any:
+        """Load (and on first use encode) the corpus; local rank 0 first so the cache is built once."""
+        from skipxl.data import load_corpus
 
-    last_saved = step if resume else -1
+        corpus = load_corpus(self.cfg.data) if self.world.local_rank == 0 else None
+        barrier()
+        corpus = corpus if corpus is not None else load_corpus(self.cfg.data)
+        if corpus.n_token != self.cfg.model.n_token:
+            raise SkipxlError(
+                f"the model has n_token={self.cfg.model.n_token} but the {self.cfg.data.corpus} "
+                f"vocabulary has {corpus.n_token} symbols; set --n_token {corpus.n_token} (recipes do this)"
+            )
+        return corpus
 
-    def save() -> None:
-        nonlocal last_saved
-        if last_saved == step:
+    def _build_engine(self) -> None:
+        """Same initial weights on every rank (ZeRO-3 partitions each rank's own copy), then a
+        per-rank stream for dropout; Adam + the lr schedule inside DeepSpeed."""
+        from skipxl.model import TransformerXL
+
+        tc = self.cfg.train
+        seed_everything(tc.seed, tc.deterministic)
+        model = TransformerXL(self.cfg.model)
+        self.n_params = model.num_parameters()
+        seed_everything(tc.seed + tc.rank_seed_offset * self.world.rank, tc.deterministic)
+        optimizer = torch.optim.Adam(
+            model.parameters(),
+            lr=tc.lr,
+            betas=tuple(tc.adam_betas),
+            eps=tc.adam_eps,
+            weight_decay=tc.weight_decay,
+        )
+        self.scheduler = make_scheduler(optimizer, tc)
+        self.engine = build_engine(
+            model, optimizer, self.ds_config, self.scheduler, skip_single_process_allreduce=True
+        )
+        self.module, self.device = self.engine.module, self.engine.device
+        self.precision, self.zero_stage = precision_of(self.ds_config), zero_stage_of(self.ds_config)
+
+    def _write_run_files(self) -> None:
+        if not self.world.is_main:
             return
+        tc, mc = self.cfg.train, self.cfg.model
+        run_dict = run_config_to_dict(self.cfg)
+        run_dict["ds_config"] = self.ds_config
+        rd.write_config(self.out_dir, run_dict)
+        seeds = {"seed": tc.seed, "rank_seed_offset": tc.rank_seed_offset, "plan_seed": mc.plan_seed}
+        extra = {
+            "micro_batch": self.micro,
+            "grad_accum": self.accum,
+            "n_params": self.n_params,
+            "precision": self.precision,
+            "zero_stage": self.zero_stage,
+            "vocab_size": self.corpus.n_token,
+            "level": self.level,
+            "policies": [p.name for p in self.policies],
+        }
+        meta = rd.collect_meta(world_size=self.world.world_size, seeds=seeds, extra=extra)
+        rd.write_meta(self.out_dir, meta)
+
+    # ------------------------------------------------------------------ one step
+    def _next_step(self) -> int:
+        return self.state.step + 1
+
+    def _lr(self) -> float:
+        opt = self.engine.optimizer
+        return opt.param_groups[0]["lr"] if hasattr(opt, "param_groups") else self.scheduler.get_last_lr()[0]
+
+    def next_batches(self) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        """The micro-batches of the next step; memories restart when the streams do (new epoch)."""
+        _, micro_batches = next(self.batches)
+        if self.train_iter.last.new_epoch:
+            self.state.mems = [None] * self.accum
+        return micro_batches
+
+    def _micro_loss(self, plan: StepPlan, a: int, batch: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
+        inputs, targets = batch
+        out = self.engine(
+            inputs.to(self.device), targets=targets.to(self.device), mems=self.state.mems[a], plan=plan
+        )
+        self.state.mems[a] = out.mems
+        return out.loss
+
+    def _before_optimizer_step(self, plan: StepPlan, want_grad_norm: bool) -> None:
+        self.policies.before_optimizer_step(self.state.step, plan)
+        if want_grad_norm:  # DeepSpeed does not keep it at stage 0 fp32
+            self.window.grad_norm = _grad_norm(self.module)
+
+    def train_step(self, micro_batches: list[tuple[torch.Tensor, torch.Tensor]]) -> torch.Tensor:
+        """One optimizer step (every micro-step with its own memory); the mean micro-batch loss."""
+        tc, step = self.cfg.train, self.state.step
+        plan = self.policies.plan(step, StepPlan())
+        lr = self._lr()
+        want_norm = self.zero_stage == 0 and self.precision == "fp32" and _log_due(step + 1, tc)
+        losses = optimizer_step(
+            self.engine,
+            micro_batches,
+            functools.partial(self._micro_loss, plan),
+            functools.partial(self._before_optimizer_step, plan, want_norm),
+        )
+        step_loss = torch.zeros((), device=self.device, dtype=torch.float32)
+        for loss in losses:
+            step_loss += loss.float()
+        step_loss = step_loss / len(losses)
+        self.state.step += 1
+        self.window.add(step_loss, plan, lr)
+        for event in self.policies.after_step_events(StepMetrics(self.state.step, step_loss, plan, lr)):
+            self.log_event(event)
+        return step_loss
+
+    # ------------------------------------------------------------------ logging and evaluation
+    def log_event(self, event: PolicyEvent) -> None:
+        self.logger.log(self.state.step, event.metrics)
+        self.logger.write(event.message)
+
+    def log_window(self) -> None:
+        """Log the steps since the last row (collective: the losses are averaged over ranks)."""
+        mc, tc = self.cfg.model, self.cfg.train
+        seconds = time.perf_counter() - self.t_last
+        row = self.window.flush(self.world.world_size, seconds, tc.global_batch * mc.tgt_len, self.level)
+        self.t_last = time.perf_counter()
+        row = {**engine_stats(self.engine), **row, **self.policies.log_metrics()}
+        row["memory/peak_bytes"] = peak_memory_bytes()
+        mems = self.state.mems[0]
+        if mems is not None and (mc.skip is not None or mc.cross_head is not None):
+            row.update(memory_stats(mems))
+        self.losses.extend(self.window.last_losses)
+        self.logger.log(self.state.step, row)
+        self.logger.progress(self.state.step, {"loss": row["train/loss"], "lr": row["lr"]})
+
+    def _evaluate(self, split: str, protocol: Any, max_batches: int | None = None) -> Any:
+        return evaluate_split(
+            self.module,
+            self.corpus.splits[split],
+            protocol,
+            rank=self.world.rank,
+            world_size=self.world.world_size,
+            device=self.device,
+            max_batches=max_batches,
+        )
+
+    def validate(self) -> dict[str, float]:
+        """A quick validation with the training context; the policies see its metrics."""
+        metrics = self._evaluate("valid", self.val_eval, self.cfg.train.val_max_batches).metrics(
+            self.level, "val"
+        )
+        self.logger.log(self.state.step, metrics)
+        for event in self.policies.after_validation_events(self.state.step, metrics):
+            self.log_event(event)
+        self.t_last = time.perf_counter()
+        return metrics
+
+    def final_evaluation(self) -> dict[str, Any]:
+        """Valid and test scores with the run's evaluation protocol (``cfg.eval``)."""
+        out: dict[str, Any] = {}
+        for split, prefix in (("valid", "final_val"), ("test", "test")):
+            out.update(self._evaluate(split, self.cfg.eval).metrics(self.level, prefix))
+        out["eval_protocol"] = dataclasses.asdict(self.cfg.eval)
+        return out
+
+    # ------------------------------------------------------------------ checkpoints
+    def state_dict(self) -> tuple[dict[str, Any], dict[str, Any]]:
+        """``(client_state, rank_state)``: the run's global state (in DeepSpeed's model file) and
+        this rank's (RNGs, memories, data position, policies) in our per-rank file."""
+        client = {
+            "format_version": ckpt.FORMAT_VERSION,
+            "step": self.state.step,
+            "world_size": self.world.world_size,
+            "grad_accum": self.accum,
+            "micro_batch": self.micro,
+            "variant": self.cfg.variant,
+            "policies": [p.name for p in self.policies],
+        }
+        rank = {
+            "rng": ckpt.rng_state(),
+            "train_state": self.state.state_dict(),
+            "iterator": self.train_iter.state_dict(),
+            "policies": self.policies.state_dict(),
+        }
+        return client, rank
+
+    def load_state_dict(self, client: dict[str, Any], rank: dict[str, Any]) -> None:
+        if client.get("world_size") != self.world.world_size or client.get("grad_accum") != self.accum:
+            raise SkipxlError(
+                f"the checkpoint was saved with world size {client.get('world_size')} and grad_accum "
+                f"{client.get('grad_accum')}; resume with the same (now {self.world.world_size} and "
+                f"{self.accum}) so every stream meets its own memory"
+            )
+        self.state.load_state_dict(rank["train_state"], self.device)
+        self.policies.load_state_dict(rank["policies"])
+        ckpt.set_rng_state(rank["rng"])
+        self.train_iter.load_state_dict(rank["iterator"])
+
+    def save(self) -> None:
+        """Checkpoint the current step (collective; once per step)."""
+        if self.last_saved == self.state.step:
+            return
+        client, rank = self.state_dict()
         ckpt.save(
-            engine,
-            ckpt_dir,
-            step=step,
-            client_state=client_state(),
-            rank_state=rank_state(),
-            rank=world.rank,
-            local_rank=world.local_rank,
-            keep=tc.keep_checkpoints,
+            self.engine,
+            self.out_dir / rd.CHECKPOINTS,
+            step=self.state.step,
+            client_state=client,
+            rank_state=rank,
+            rank=self.world.rank,
+            local_rank=self.world.local_rank,
+            keep=self.cfg.train.keep_checkpoints,
         )
-        last_saved = step
+        self.last_saved = self.state.step
 
-    val_protocol = Protocol(
-        tgt_len=tc.val_tgt_len or model_cfg.tgt_len,
-        mem_len=model_cfg.mem_len,
-        ext_len=model_cfg.ext_len,
-        clamp_len=model_cfg.clamp_len,
-        same_length=model_cfg.same_length,
-        batch_size=cfg.eval.batch_size,
-    )
+    def load(self) -> None:
+        """Resume from the latest checkpoint (collective); metrics logged after it are dropped."""
+        client, rank, tag = ckpt.load(self.engine, self.out_dir / rd.CHECKPOINTS, rank=self.world.rank)
+        client, rank = ckpt.upgrade(client, rank, tag, [p.name for p in self.policies])
+        self.load_state_dict(client, rank)
+        self.last_saved = self.state.step
+        if self.world.is_main:
+            truncate_metrics(self.out_dir, self.state.step)
 
-    def validate() -> float:
-        res = evaluate_split(
-            module,
-            corpus.splits["valid"],
-            val_protocol,
-            rank=world.rank,
-            world_size=world.world_size,
-            device=device,
-            max_batches=tc.val_max_batches,
-        )
-        logger.log(step, res.metrics(level, "val"))
-        return res.loss
+    # ------------------------------------------------------------------ the loop
+    def fit(self, stop_at_step: int | None = None) -> TrainResult:
+        """Train to ``max_steps`` (or until a signal / ``stop_at_step``: checkpoint and stop)."""
+        tc = self.cfg.train
+        stop = StopFlag()
+        stop.install()
+        self.engine.train()
+        self.t_last = time.perf_counter()
+        try:
+            while self.state.step < tc.max_steps:
+                self.train_step(self.next_batches())
+                step = self.state.step
+                stop_now = agree(stop.signal is not None or step == stop_at_step, self.device)
+                if _log_due(step, tc) or stop_now:
+                    self.log_window()
+                if tc.eval_interval and step % tc.eval_interval == 0 and step < tc.max_steps:
+                    self.validate()
+                if tc.save_interval and step % tc.save_interval == 0:
+                    self.save()
+                if stop_now:
+                    self.save()
+                    who = stop.signal or f"stop_at_step={stop_at_step}"
+                    self.logger.write(
+                        f"stopped at step {step} ({who}); checkpoint saved, continue with --resume"
+                    )
+                    return TrainResult(self.out_dir, step, False, who, self.losses, {})
+            self.save()
+            final = self.final_evaluation()
+            self._write_results(final)
+            return TrainResult(self.out_dir, self.state.step, True, None, self.losses, final)
+        finally:
+            stop.restore()
 
-    stop = _StopFlag()
-    stop.install()
-    tokens_per_step = tc.global_batch * model_cfg.tgt_len
-    losses: list[float] = []
-    window = _Window(model_cfg.n_layer)
-    batches = iter(train_iter)
-    engine.train()
-    t_last = time.perf_counter()
+    def _write_results(self, final: dict[str, Any]) -> None:
+        if not self.world.is_main:
+            return
+        self.logger.log(self.state.step, final)
+        results = {
+            "variant": self.cfg.variant,
+            "preset": self.cfg.preset,
+            "n_params": self.n_params,
+            "step": self.state.step,
+            "level": self.level,
+            **self.policies.summary(),
+            **final,
+            **throughput_summary(self.out_dir),
+        }
+        save_json(results, self.out_dir / rd.RESULTS)
+
+    def close(self) -> None:
+        self.profiler.close()
+        self.logger.close()
+
+
+def train(
+    cfg: RunConfig, *, resume: bool = False, progress: bool = True, stop_at_step: int | None = None
+) -> TrainResult:
+    """Train ``cfg`` through DeepSpeed (see :class:`Trainer`).
+
+    Args:
+        resume: continue the run in ``cfg.out_dir`` from its latest checkpoint.
+        progress: show a progress bar on rank 0.
+        stop_at_step: checkpoint and stop (as if pre-empted) once this step is reached.
+    """
+    trainer = Trainer(cfg, resume=resume, progress=progress)
     try:
-        while step < tc.max_steps:
-            _, micro_batches = next(batches)
-            if train_iter.last.new_epoch:  # the streams restart from their beginnings
-                mems = [None] * accum
-            plan = module.draw_plan()
-            lr = (
-                engine.optimizer.param_groups[0]["lr"]
-                if hasattr(engine.optimizer, "param_groups")
-                else scheduler.get_last_lr()[0]
-            )
-            step_loss, norm = engine_step(
-                engine,
-                micro_batches,
-                mems,
-                plan,
-                device=device,
-                honour_no_grad=honour_no_grad,
-                want_grad_norm=plain_fp32 and _log_due(step + 1, tc),
-            )
-            if norm is not None:
-                window.grad_norm = norm
-            step += 1
-            window.add(step_loss, plan, lr)
-            if phase.after_step(step):
-                module.skip_enabled = False
-                logger.log(step, {"phase": phase.phase, "phase/switch_step": step})
-                logger.write(f"step {step}: phase 2 (no skipping) - {phase.switch_reason}")
-
-            stop_now = _agree_to_stop(stop.signal is not None or step == stop_at_step, device)
-            if step % tc.log_interval == 0 or step == tc.max_steps or stop_now:
-                row = window.flush(world.world_size, time.perf_counter() - t_last, tokens_per_step, level)
-                t_last = time.perf_counter()
-                row = {**_engine_stats(engine), **row}
-                row.update(phase=phase.phase, **{"memory/peak_bytes": peak_memory_bytes()})
-                if mems[0] is not None and (skip_cfg is not None or model_cfg.cross_head is not None):
-                    row.update(_memory_stats(mems[0]))
-                losses.extend(window.last_losses)
-                logger.log(step, row)
-                logger.progress(step, {"loss": row["train/loss"], "lr": row["lr"]})
-            if tc.eval_interval and step % tc.eval_interval == 0 and step < tc.max_steps:
-                val_loss = validate()
-                if phase.after_validation(step, val_loss):
-                    module.skip_enabled = False
-                    logger.log(step, {"phase": phase.phase, "phase/switch_step": step})
-                    logger.write(f"step {step}: phase 2 (no skipping) - {phase.switch_reason}")
-                t_last = time.perf_counter()
-            if tc.save_interval and step % tc.save_interval == 0:
-                save()
-            if stop_now:
-                save()
-                who = stop.signal or f"stop_at_step={stop_at_step}"
-                logger.write(f"stopped at step {step} ({who}); checkpoint saved, continue with --resume")
-                return TrainResult(out_dir, step, False, who, losses, {})
-
-        save()
-        final = _final_eval(cfg, module, corpus, world, device, level)
-        if world.is_main:
-            logger.log(step, final)
-            results = {
-                "variant": cfg.variant,
-                "preset": cfg.preset,
-                "n_params": n_params,
-                "step": step,
-                "level": level,
-                "phase": phase.state_dict(),
-                **final,
-                **_throughput_summary(out_dir),
-            }
-            save_json(results, out_dir / rd.RESULTS)
-        return TrainResult(out_dir, step, True, None, losses, final)
+        return trainer.fit(stop_at_step)
     finally:
-        profiler.close()
-        stop.restore()
-        logger.close()
+        trainer.close()
 
 
 def _log_due(step: int, tc: Any) -> bool:
@@ -515,131 +511,3 @@ def _grad_norm(module: torch.nn.Module) -> float:
     """Global 2-norm of the (already all-reduced) gradients, before clipping."""
     norms = [p.grad.detach().float().norm() for p in module.parameters() if p.grad is not None]
     return float(torch.stack(norms).norm()) if norms else 0.0
-
-
-def _agree_to_stop(local: bool, device: torch.device) -> bool:
-    """All ranks stop at the same step (a signal may reach them one step apart)."""
-    if (
-        not (torch.distributed.is_available() and torch.distributed.is_initialized())
-        or torch.distributed.get_world_size() == 1
-    ):
-        return local
-    flag = torch.tensor(
-        [1.0 if local else 0.0], device=device if torch.distributed.get_backend() == "nccl" else "cpu"
-    )
-    return bool(_all_reduce(flag, "max").item() > 0)
-
-
-class _Window:
-    """Sums over one logging interval (kept as tensors: no host sync per step)."""
-
-    def __init__(self, n_layer: int) -> None:
-        self.n_layer = n_layer
-        self.reset()
-        self.last_losses: list[float] = []
-
-    def reset(self) -> None:
-        self.loss_sum: torch.Tensor | None = None
-        self.step_losses: list[torch.Tensor] = []
-        self.steps = 0
-        self.skips = [0] * self.n_layer
-        self.swaps = 0.0
-        self.swap_steps = 0
-        self.lr = 0.0
-        self.grad_norm: float | None = None
-
-    def add(self, loss: torch.Tensor, plan: Any, lr: float) -> None:
-        self.step_losses.append(loss)
-        self.steps += 1
-        self.lr = lr
-        if plan.skip is not None:
-            self.skips = [c + int(s) for c, s in zip(self.skips, plan.skip, strict=True)]
-        if plan.head_index is not None:
-            idx = plan.head_index
-            ident = torch.arange(idx.size(1)).expand_as(idx)  # [n_layer, H]
-            self.swaps += float((idx != ident).float().mean())
-            self.swap_steps += 1
-
-    def flush(self, world_size: int, seconds: float, tokens_per_step: int, level: str) -> dict[str, Any]:
-        losses = torch.stack(self.step_losses).float()  # [steps]
-        losses = _all_reduce(losses.clone() if losses.device.type != "cpu" else losses, "sum") / world_size
-        values = losses.cpu().tolist()
-        self.last_losses = values
-        mean = sum(values) / len(values)
-        row: dict[str, Any] = loss_metrics(mean, level, "train")
-        row["lr"] = self.lr
-        row["tokens_per_s"] = tokens_per_step * self.steps / max(seconds, 1e-9)
-        row["step_time_s"] = seconds / self.steps
-        if self.grad_norm is not None:
-            row["grad_norm"] = self.grad_norm
-        if any(self.skips) or self.swap_steps:
-            for layer, c in enumerate(self.skips):
-                row[f"skip/fraction/layer_{layer:02d}"] = c / self.steps
-            row["skip/fraction/mean"] = sum(self.skips) / (self.steps * self.n_layer)
-        if self.swap_steps:
-            row["cross_head/swap_rate"] = self.swaps / self.swap_steps
-        self.reset()
-        self.last_losses = values
-        return row
-
-
-def _engine_stats(engine: Any) -> dict[str, float]:
-    row: dict[str, float] = {}
-    norm = engine.get_global_grad_norm()
-    if norm is not None:
-        row["grad_norm"] = float(norm)
-    opt = engine.optimizer
-    scale = getattr(opt, "cur_scale", None)
-    if scale is None:
-        scale = getattr(opt, "loss_scale", None)
-    row["loss_scale"] = float(scale) if isinstance(scale, (int, float)) else 1.0
-    return row
-
-
-def _memory_stats(mem: Any) -> dict[str, float]:
-    """Per-layer memory age and the effective context of the first stream group."""
-    row: dict[str, float] = {}
-    spans = []
-    for layer, (ages, stale) in enumerate(zip(mem.ages(), mem.staleness(), strict=True)):
-        mean_age = float(ages.float().mean()) if ages.numel() else 0.0
-        row[f"memory/age/layer_{layer:02d}"] = mean_age
-        row[f"memory/staleness/layer_{layer:02d}"] = float(stale)
-        spans.append(float(ages.max()) if ages.numel() else 0.0)
-    row["context/effective_len"] = sum(spans) / max(len(spans), 1)
-    return row
-
-
-def _final_eval(
-    cfg: RunConfig, module: Any, corpus: Any, world: Any, device: torch.device, level: str
-) -> dict[str, float]:
-    protocol = Protocol.from_eval_config(cfg.eval)
-    out: dict[str, float] = {}
-    for split, prefix in (("valid", "final_val"), ("test", "test")):
-        res = evaluate_split(
-            module,
-            corpus.splits[split],
-            protocol,
-            rank=world.rank,
-            world_size=world.world_size,
-            device=device,
-        )
-        out.update(res.metrics(level, prefix))
-    out["eval_protocol"] = dataclasses.asdict(protocol)  # type: ignore[assignment]
-    return out
-
-
-def _throughput_summary(out_dir: Path) -> dict[str, float]:
-    rows = rd.read_metrics(out_dir)
-    tps = [r["tokens_per_s"] for r in rows if "tokens_per_s" in r]
-    peak = [r["memory/peak_bytes"] for r in rows if "memory/peak_bytes" in r]
-    vals = [r["val/loss"] for r in rows if "val/loss" in r]
-    summary: dict[str, float] = {}
-    if tps:
-        summary["tokens_per_s"] = float(np.median(tps))
-    if peak:
-        summary["peak_memory_bytes"] = float(max(peak))
-    if vals:
-        summary["best_val_loss"] = float(min(vals))
-    if not math.isfinite(summary.get("best_val_loss", 0.0)):
-        summary.pop("best_val_loss")
-    return summary

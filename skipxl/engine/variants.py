@@ -107,7 +107,6 @@ def apply_variant(
         raise SkipxlError(
             f"cross-head options {sorted(cross_head_options)} need --variant cross_head or combined"
         )
-    _require_mechanics(skip_on, cross_on)
 
     skip = None
     if skip_on:
@@ -132,15 +131,3 @@ def apply_variant(
             fields["beta"] = float(beta)
         cross = dataclasses.replace(cross, **fields) if fields else cross
     return dataclasses.replace(model_cfg, skip=skip, cross_head=cross)
-
-
-def _require_mechanics(skip_on: bool, cross_on: bool) -> None:
-    """Refuse a method the model does not implement rather than silently train the baseline."""
-    if not (skip_on or cross_on):
-        return
-    from skipxl.model.transformer_xl import TransformerXL
-
-    if not hasattr(TransformerXL, "draw_plan"):
-        raise SkipxlError(
-            "Skip-Retain / cross-head are not implemented yet in skipxl.model; use --variant baseline"
-        )

@@ -13,6 +13,7 @@ from skipxl.model.config import (
     ModelConfig,
     SkipRetainConfig,
 )
+from skipxl.model.context import Context
 from skipxl.model.heads import CROSS_HEAD_MODES, CrossHeadConfig
 from skipxl.model.memory import Memory
 from skipxl.model.presets import PRESETS, get_preset
@@ -26,6 +27,7 @@ __all__ = [
     "SKIPPED_GRAD",
     "SKIP_SCHEDULES",
     "AdaptiveEmbedding",
+    "Context",
     "CrossHeadConfig",
     "LMOutput",
     "Memory",

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 
 from skipxl.config_io import from_dict, to_dict
 from skipxl.errors import SkipxlError, require
+from skipxl.model.context import Context
 from skipxl.model.heads import CrossHeadConfig
 from skipxl.model.tying import TyingConfig
 
@@ -166,16 +167,7 @@ class ModelConfig:
         require(self.d_embed is None or self.d_embed >= 1, f"d_embed must be >= 1, got {self.d_embed}")
         require(0.0 <= self.dropout < 1.0, f"dropout must be in [0, 1), got {self.dropout}")
         require(0.0 <= self.dropatt < 1.0, f"dropatt must be in [0, 1), got {self.dropatt}")
-        require(self.mem_len >= 0, f"mem_len must be >= 0, got {self.mem_len}")
-        require(self.ext_len >= 0, f"ext_len must be >= 0, got {self.ext_len}")
-        require(
-            self.clamp_len == -1 or self.clamp_len > 0,
-            f"clamp_len must be -1 (no clamping) or a positive int, got {self.clamp_len}",
-        )
-        require(
-            not (self.same_length and self.mem_len == 0),
-            "same_length=True with mem_len=0 masks every key; use same_length=False or mem_len > 0",
-        )
+        Context.of(self)  # the training context: mem_len, ext_len, clamp_len, same_length
         self._check_adaptive()
         require(self.init in INITS, f"init {self.init!r} is unknown; choose one of {INITS}")
         for name in ("init_range", "init_std", "proj_init_std"):

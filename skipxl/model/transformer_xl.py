@@ -6,10 +6,11 @@ per-layer memories of the layer *inputs*, projected adaptive softmax. Module and
 parameter names follow the original so that :mod:`skipxl.convert` maps checkpoints by
 name. Public tensors are batch-major (``[B, T, ...]``).
 
-The paper's methods (Vishnu & Chandra Sekhar, arXiv 2311.08123) act through a
-:class:`StepPlan` drawn per training step from ``model.plan_generator`` (a CPU generator
-seeded from ``cfg.plan_seed``, never the global RNG, so dropout is unaffected and every
-data-parallel rank seeded alike draws the same plan):
+The forward pass is a pure function of its arguments (and the weights): the paper's methods
+(Vishnu & Chandra Sekhar, arXiv 2311.08123) act through the :class:`StepPlan` passed in, which
+the engine's training policies draw per step (:mod:`skipxl.engine.policies`); ``plan=None`` is a
+plain Transformer-XL step. The attention context (memory length, clamp, ``same_length``) is a
+:class:`~skipxl.model.context.Context` argument too (``None``: the config's training context).
 
 * **Skip-Retain**: a skipped layer is the identity (not computed) and its memory is
   retained unchanged, states *and* absolute positions; attention to a retained memory
@@ -17,7 +18,8 @@ data-parallel rank seeded alike draws the same plan):
 * **Cross-head**: per layer a head index ``[H]`` mixes content keys, values and
   positional keys.
 
-In evaluation mode (``model.eval()``) the plan is ignored: no skipping, no mixing.
+In evaluation mode (``model.eval()``) the plan is ignored: no skipping, no mixing. What a
+skipped layer's gradient becomes (none or an explicit zero) is the engine's business too.
 """
 
 from __future__ import annotations
@@ -31,15 +33,9 @@ from skipxl.errors import require
 from skipxl.model.adaptive import AdaptiveEmbedding, ProjectedAdaptiveLogSoftmax
 from skipxl.model.attention import PositionalEmbedding, RelPartialLearnableAttention
 from skipxl.model.config import ModelConfig
-from skipxl.model.functional import (
-    attention_mask,
-    draw_skip_mask,
-    position_rows,
-    relative_distances,
-    skip_probabilities,
-    update_memory,
-)
-from skipxl.model.heads import draw_head_indices, is_identity
+from skipxl.model.context import Context
+from skipxl.model.functional import attention_mask, position_rows, relative_distances, update_memory
+from skipxl.model.heads import is_identity
 from skipxl.model.memory import Memory
 from skipxl.model.tying import TiedStack
 
@@ -167,12 +163,7 @@ class TransformerXL(nn.Module):
         self._tie()
         if cfg.tying is not None:
             self.layers.tying.start()  # every layer but the first tied to layer 0
-        self.tgt_len, self.mem_len, self.ext_len = cfg.tgt_len, cfg.mem_len, cfg.ext_len
-        self.clamp_len, self.same_length = cfg.clamp_len, cfg.same_length
-        self.skip_probs = skip_probabilities(cfg.skip, cfg.n_layer)
-        self.skip_enabled = cfg.skip is not None  # the engine turns it off for phase 2
-        self.plan_generator = torch.Generator(device="cpu")
-        self.plan_generator.manual_seed(cfg.plan_seed)
+        self.train_context = Context.of(cfg)  # what forward uses when no context is passed
 
     # ------------------------------------------------------------------ setup
     def _tie(self) -> None:
@@ -220,70 +211,7 @@ class TransformerXL(nn.Module):
         self._init_weight(self.r_w_bias)
         self._init_weight(self.r_r_bias)
 
-    def reset_context(
-        self,
-        tgt_len: int | None = None,
-        mem_len: int | None = None,
-        ext_len: int | None = None,
-        clamp_len: int | None = None,
-        same_length: bool | None = None,
-    ) -> None:
-        """Change the context for evaluation (the original ``reset_length`` plus clamp_len
-        and same_length); ``None`` keeps a value. Memories already built keep their size
-        until the next update trims or grows them to the new ``mem_len``."""
-        new = dict(self.context)
-        given = dict(
-            tgt_len=tgt_len, mem_len=mem_len, ext_len=ext_len, clamp_len=clamp_len, same_length=same_length
-        )
-        new.update({k: v for k, v in given.items() if v is not None})
-        require(new["tgt_len"] >= 1, f"tgt_len must be >= 1, got {new['tgt_len']}")
-        require(new["mem_len"] >= 0, f"mem_len must be >= 0, got {new['mem_len']}")
-        require(new["ext_len"] >= 0, f"ext_len must be >= 0, got {new['ext_len']}")
-        require(
-            new["clamp_len"] == -1 or new["clamp_len"] > 0,
-            f"clamp_len must be -1 or > 0, got {new['clamp_len']}",
-        )
-        require(
-            not (new["same_length"] and new["mem_len"] == 0),
-            "same_length=True with mem_len=0 masks every key; use same_length=False or mem_len > 0",
-        )
-        self.tgt_len, self.mem_len, self.ext_len = (
-            int(new["tgt_len"]),
-            int(new["mem_len"]),
-            int(new["ext_len"]),
-        )
-        self.clamp_len, self.same_length = int(new["clamp_len"]), bool(new["same_length"])
-
-    @property
-    def context(self) -> dict[str, int | bool]:
-        """The current context settings (see :meth:`reset_context`)."""
-        return {
-            "tgt_len": self.tgt_len,
-            "mem_len": self.mem_len,
-            "ext_len": self.ext_len,
-            "clamp_len": self.clamp_len,
-            "same_length": self.same_length,
-        }
-
     # ------------------------------------------------------------------ plans
-    def draw_plan(self) -> StepPlan:
-        """Draw one training step's plan from ``plan_generator``.
-
-        A fixed number of numbers is drawn per step (``n_layer`` uniforms when Skip-Retain
-        is configured, even while ``skip_enabled`` is off; the cross-head draws), so the
-        generator's stream does not depend on the outcomes or the phase.
-        """
-        skip = None
-        head_index = None
-        if self.cfg.skip is not None:
-            mask = draw_skip_mask(self.skip_probs, self.plan_generator)
-            skip = mask if self.skip_enabled else None
-        if self.cfg.cross_head is not None:
-            head_index = draw_head_indices(
-                self.n_layer, self.n_head, self.cfg.cross_head, self.plan_generator
-            )
-        return StepPlan(skip=skip, head_index=head_index)
-
     def _check_plan(self, plan: StepPlan) -> None:
         if plan.skip is not None:
             require(
@@ -304,6 +232,7 @@ class TransformerXL(nn.Module):
         targets: Tensor | None = None,
         mems: Memory | None = None,
         plan: StepPlan | None = None,
+        context: Context | None = None,
     ) -> LMOutput:
         """One segment.
 
@@ -311,12 +240,14 @@ class TransformerXL(nn.Module):
             input_ids: ``[B, T]`` int64.
             targets: ``[B, T']`` int64 with ``T' <= T`` (scored on the last ``T'`` steps) or None.
             mems: :class:`Memory` from the previous segment, or ``None`` (stream start).
-            plan: :class:`StepPlan` (training only); ``None`` draws one when training.
+            plan: what this training step skips and mixes; ``None`` (and any plan in evaluation
+                mode) is a plain Transformer-XL step.
+            context: memory length, ext_len, clamp_len, same_length; ``None`` = the config's.
         """
         require(input_ids.dim() == 2, f"input_ids must be [B, T], got shape {tuple(input_ids.shape)}")
         bsz, qlen = input_ids.shape
-        if self.training:
-            plan = self.draw_plan() if plan is None else plan
+        ctx = self.train_context if context is None else context
+        if self.training and plan is not None:
             self._check_plan(plan)
         else:
             plan = StepPlan()
@@ -341,8 +272,8 @@ class TransformerXL(nn.Module):
         r_max = max(r for r, s in zip(r_lens, skip, strict=True) if not s) if not all(skip) else qlen
 
         pos_seq = torch.arange(r_max - 1, -1, -1.0, device=device)  # [R] fp32: R-1 .. 0
-        if self.clamp_len > 0:
-            pos_seq = pos_seq.clamp(max=self.clamp_len)
+        if ctx.clamp_len > 0:
+            pos_seq = pos_seq.clamp(max=ctx.clamp_len)
         pos_emb = self.pos_emb(pos_seq).to(dtype)  # [R, D]
         core = self.drop(word_emb)  # [B, T, D]
         pos_emb = self.drop(pos_emb)  # [R, D]
@@ -356,31 +287,27 @@ class TransformerXL(nn.Module):
 
         masks: dict[int, Tensor] = {}
         states, positions = list(mems.states), list(mems.positions)
-        skipped_params: list[Tensor] = []
         for layer, block in enumerate(self.layers):
             if skip[layer]:  # Skip-Retain: identity, memory (states and positions) retained
-                skipped_params.extend(block.parameters())
                 continue
             mem_l, mlen = mems.states[layer], mems.mlen(layer)
             if mlen not in masks:
-                masks[mlen] = attention_mask(qlen, mlen, self.same_length, self.mem_len, device)  # [T, K]
+                masks[mlen] = attention_mask(qlen, mlen, ctx.same_length, ctx.mem_len, device)  # [T, K]
             r = pos_emb[r_max - r_lens[layer] :]  # [R_l, D]
             pos_index = None
             if gather[layer]:
-                pos_index = self._pos_index(mems.positions[layer], seg_pos, r_lens[layer], device)
+                pos_index = self._pos_index(
+                    mems.positions[layer], seg_pos, r_lens[layer], ctx.clamp_len, device
+                )
             states[layer], positions[layer] = update_memory(
-                mem_l, mems.positions[layer], core, seg_pos, self.mem_len, self.ext_len
+                mem_l, mems.positions[layer], core, seg_pos, ctx.mem_len, ctx.ext_len
             )
             core = block(
                 core, mem_l, r, self.r_w_bias, self.r_r_bias, masks[mlen], pos_index, head_rows[layer]
             )
         hidden = self.drop(core)  # [B, T, D]
-        new_mems = Memory(tuple(states), tuple(positions), start + max(0, qlen - self.ext_len))
+        new_mems = Memory(tuple(states), tuple(positions), start + max(0, qlen - ctx.ext_len))
 
-        zero_term = None
-        if skipped_params and self.cfg.skip is not None and self.cfg.skip.skipped_grad == "zero":
-            # Skipped layers join the graph with weight 0: their gradient is an explicit zero.
-            zero_term = torch.stack([p.sum() for p in skipped_params]).sum().to(torch.float32) * 0.0
         nll = loss = None
         if targets is not None:
             require(
@@ -391,14 +318,12 @@ class TransformerXL(nn.Module):
             tgt_len = targets.size(1)
             pred = hidden[:, qlen - tgt_len :].reshape(-1, self.d_model)  # [B*T', D]
             nll = self.crit(pred, targets.reshape(-1)).view(bsz, tgt_len)  # [B, T'] fp32
-            if zero_term is not None:
-                nll = nll + zero_term
             loss = nll.mean()
-        elif zero_term is not None:
-            hidden = hidden + zero_term.to(hidden.dtype)
         return LMOutput(nll=nll, loss=loss, mems=new_mems, hidden=hidden, plan=plan)
 
-    def _pos_index(self, mem_pos: Tensor, seg_pos: Tensor, r_len: int, device: torch.device) -> Tensor:
+    def _pos_index(
+        self, mem_pos: Tensor, seg_pos: Tensor, r_len: int, clamp_len: int, device: torch.device
+    ) -> Tensor:
         """Gather-path rows of the position table for a non-contiguous memory.
 
         ``relative``: ``[T, K]`` rows of the true distances ``pos(i) - pos(j)``;
@@ -410,7 +335,7 @@ class TransformerXL(nn.Module):
             query_pos = torch.full((1,), first + qlen - 1, device=device, dtype=torch.long)  # [1]
         else:
             query_pos = torch.arange(first, first + qlen, device=device)  # [T]
-        dist = relative_distances(query_pos, key_pos, self.clamp_len)  # [T or 1, K]
+        dist = relative_distances(query_pos, key_pos, clamp_len)  # [T or 1, K]
         return position_rows(dist, r_len)  # [T or 1, K]
 
     # ------------------------------------------------------------------ helpers
