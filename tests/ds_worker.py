@@ -4,9 +4,10 @@ Usage: RANK=.. WORLD_SIZE=.. LOCAL_RANK=.. MASTER_ADDR=.. MASTER_PORT=.. \
        python tests/ds_worker.py OUT_BASE JSON_SPEC
 
 JSON_SPEC: {"runs": [{"name": ..., "ds_config": ..., "micro_batch": b, "grad_accum": a,
-            "variant": ..., "steps": n}, ...], "train_tokens": N}
+            "variant": ..., "steps": n, "dlt": {DLTConfig fields}}, ...], "train_tokens": N}
 Each run trains the tiny preset on a small built-in corpus in OUT_BASE/<name>; rank 0 writes
-OUT_BASE/<name>.json with the per-step losses and the skip masks seen by every rank.
+OUT_BASE/<name>.json with the per-step losses, the skip masks seen by every rank and, for the
+Dynamic Layer Tying variants, every rank's actions (layer, action, rewards).
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ def main() -> None:
 
     from skipxl.data import BuiltinConfig, DataConfig, load_corpus
     from skipxl.engine.config import EvalConfig, RunConfig, TrainConfig
+    from skipxl.engine.dlt_config import DLTConfig
     from skipxl.engine.policies import Policies
     from skipxl.engine.train import train
     from skipxl.engine.variants import apply_variant
@@ -47,9 +49,22 @@ def main() -> None:
         return plan
 
     Policies.plan = recording  # type: ignore[method-assign]
+    # record each DLT action and the reward it was scored with, as this rank saw them
+    from skipxl.engine.dlt import DynamicLayerTyingPolicy
+
+    actions: list[list[float]] = []
+    original_act = DynamicLayerTyingPolicy._act
+
+    def recording_act(self):  # type: ignore[no-untyped-def]
+        original_act(self)
+        _, layer, action = self.pending
+        actions.append([layer, action, self.last.get("dlt/reward", 0.0), self.last.get("dlt/q_loss", 0.0)])
+
+    DynamicLayerTyingPolicy._act = recording_act  # type: ignore[method-assign]
     rank = int(os.environ["RANK"])
     for run in spec["runs"]:
         masks.clear()
+        actions.clear()
         model = apply_variant(
             get_preset("tiny", n_token=n_token, dropout=0.0), run.get("variant", "baseline")
         )
@@ -63,6 +78,7 @@ def main() -> None:
             save_interval=0,
             lr=1e-3,
             ds_config=run["ds_config"],
+            dlt=DLTConfig(**run["dlt"]) if "dlt" in run else None,
         )
         cfg = RunConfig(
             model=model,
@@ -75,12 +91,15 @@ def main() -> None:
         result = train(cfg, progress=False)
         gathered = [None] * int(os.environ["WORLD_SIZE"])
         torch.distributed.all_gather_object(gathered, masks)
+        gathered_actions = [None] * int(os.environ["WORLD_SIZE"])
+        torch.distributed.all_gather_object(gathered_actions, actions)
         if rank == 0:
             (out_base / f"{run['name']}.json").write_text(
                 json.dumps(
                     {
                         "losses": result.losses,
                         "masks": gathered,
+                        "actions": gathered_actions,
                         "final": {k: v for k, v in result.final.items() if isinstance(v, float)},
                     }
                 )

@@ -291,7 +291,11 @@ def fp32_state_dict(ckpt_dir: Path, tag: str | None = None) -> dict[str, torch.T
             f"checkpoint {folder} is unreadable ({type(exc).__name__}: {exc}); "
             "delete it and point 'latest' at an older one"
         ) from exc
-    return {k: (v.float() if v.is_floating_point() else v).contiguous() for k, v in state.items()}
+    # Non-tensor entries (a tied layer stack's structure, ``layers._extra_state``) pass through.
+    return {
+        k: (v.float() if v.is_floating_point() else v).contiguous() if torch.is_tensor(v) else v
+        for k, v in state.items()
+    }
 
 
 def export(run_dir: Path, *, tag: str | None = None, out: Path | None = None) -> Path:

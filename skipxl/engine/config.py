@@ -18,6 +18,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+from skipxl.engine.dlt_config import DLTConfig
 from skipxl.errors import require
 
 SCHEDULERS = ("cosine", "constant")
@@ -50,6 +51,8 @@ class TrainConfig:
         val_tgt_len: segment length of the validations *during* training (the original's
             ``eval_tgt_len``; memory and clamp as in training); None = the training tgt_len.
             The final valid/test scores use :class:`EvalConfig` instead.
+        dlt: Dynamic Layer Tying schedule and agent (:class:`~skipxl.engine.dlt_config.DLTConfig`)
+            for the DLT variants; None = its defaults there, and must be None for other variants.
     """
 
     global_batch: int = 60
@@ -79,6 +82,7 @@ class TrainConfig:
     phase1_min_delta: float = 0.0
     val_tgt_len: int | None = None
     profile_memory: bool = False
+    dlt: DLTConfig | None = None
 
     def __post_init__(self) -> None:
         require(self.global_batch >= 1, f"global_batch must be >= 1, got {self.global_batch}")
@@ -213,14 +217,20 @@ class RunConfig:
             f"unknown variant {self.variant!r}; choose one of {tuple(VARIANTS)}",
         )
         require(bool(self.out_dir), "out_dir must be a folder path (pass --out RUN_DIR)")
-        skip_on, cross_on = VARIANTS[self.variant]
+        skip_on, cross_on, dlt_on = VARIANTS[self.variant]
         has_skip = getattr(self.model, "skip", None) is not None
         has_cross = getattr(self.model, "cross_head", None) is not None
+        has_tying = getattr(self.model, "tying", None) is not None
         require(
-            (skip_on, cross_on) == (has_skip, has_cross),
-            f"variant {self.variant!r} needs model.skip {'set' if skip_on else 'None'} and model.cross_head "
-            f"{'set' if cross_on else 'None'} (got skip={has_skip}, cross_head={has_cross}); build the model "
-            "config with skipxl.engine.variants.apply_variant",
+            (skip_on, cross_on, dlt_on) == (has_skip, has_cross, has_tying),
+            f"variant {self.variant!r} needs model.skip {'set' if skip_on else 'None'}, model.cross_head "
+            f"{'set' if cross_on else 'None'} and model.tying {'set' if dlt_on else 'None'} (got "
+            f"skip={has_skip}, cross_head={has_cross}, tying={has_tying}); build the model config with "
+            "skipxl.engine.variants.apply_variant",
+        )
+        require(
+            dlt_on or self.train.dlt is None,
+            f"train.dlt (Dynamic Layer Tying) is set but variant {self.variant!r} does not tie layers",
         )
         if hasattr(self.model, "mem_len"):
             self.validation_eval  # noqa: B018 (validates the context of the validations during training)

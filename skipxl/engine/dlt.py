@@ -26,30 +26,17 @@ gradient or optimizer state). The policy only uses the Trainer's hooks:
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass, field
 from typing import Any
 
 from torch import nn
 
 from skipxl.engine.distributed import all_reduce, collective_device
-from skipxl.engine.dlt_agent import AgentConfig, QAgent, reward_from_loss
+from skipxl.engine.dlt_agent import QAgent, reward_from_loss
+from skipxl.engine.dlt_config import DLTConfig
 from skipxl.engine.policies import PolicyEvent, StepMetrics, TrainingPolicy, TrainView
 from skipxl.engine.tying_optim import require_dynamic_parameters, sync_optimizer
-from skipxl.errors import SkipxlError, require
+from skipxl.errors import SkipxlError
 from skipxl.model.tying import TiedStack, TyingChange
-
-
-@dataclass(frozen=True)
-class DLTConfig:
-    """Dynamic Layer Tying schedule and agent (defaults: the paper / released code)."""
-
-    steps_per_action: int = 4
-    agent: AgentConfig = field(default_factory=AgentConfig)
-
-    def __post_init__(self) -> None:
-        if isinstance(self.agent, dict):
-            object.__setattr__(self, "agent", AgentConfig(**self.agent))
-        require(self.steps_per_action >= 1, f"dlt steps_per_action must be >= 1, got {self.steps_per_action}")
 
 
 def layer_metrics(sources: tuple[int, ...]) -> dict[str, int]:

@@ -25,43 +25,15 @@ learns them by one-step TD.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
 from typing import Any
 
 import torch
 from torch import Tensor, nn
 
+from skipxl.engine.dlt_config import REWARDS, AgentConfig
 from skipxl.errors import require
 
-REWARDS = ("neg_loss", "neg_ppl")
-
-
-@dataclass(frozen=True)
-class AgentConfig:
-    """Q-learning hyper-parameters (defaults: the paper / released code)."""
-
-    hidden: int = 128
-    lr: float = 1e-3
-    weight_decay: float = 0.01
-    gamma: float = 0.99
-    epsilon_start: float = 1.0
-    epsilon_decay: float = 0.95
-    epsilon_floor: float = 0.1
-    reward: str = "neg_loss"
-    reward_clip: float = 10.0
-    seed: int = 0
-
-    def __post_init__(self) -> None:
-        require(self.hidden >= 1, f"agent hidden must be >= 1, got {self.hidden}")
-        require(self.lr > 0, f"agent lr must be > 0, got {self.lr}")
-        require(0.0 <= self.gamma <= 1.0, f"agent gamma must be in [0, 1], got {self.gamma}")
-        require(
-            0.0 <= self.epsilon_floor <= self.epsilon_start <= 1.0,
-            "need 0 <= epsilon_floor <= epsilon_start <= 1",
-        )
-        require(0.0 < self.epsilon_decay <= 1.0, f"epsilon_decay must be in (0, 1], got {self.epsilon_decay}")
-        require(self.reward in REWARDS, f"reward {self.reward!r} is unknown; choose one of {REWARDS}")
-        require(self.reward_clip > 0, f"reward_clip must be > 0, got {self.reward_clip}")
+__all__ = ["REWARDS", "AgentConfig", "QAgent", "action_slice", "epsilon_at", "legal_actions", "n_actions"]
 
 
 def n_actions(n_layer: int) -> int:

@@ -37,7 +37,7 @@ from __future__ import annotations
 
 import dataclasses
 import warnings
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -237,11 +237,11 @@ class SkipRetainPolicy(TrainingPolicy):
     ) -> None:
         self.cfg, self.n_layer, self.phase, self.generator = cfg, n_layer, phase, generator
         self.probs = skip_probabilities(cfg, n_layer)
-        self.layers: Sequence[nn.Module] = ()
+        self.module: nn.Module | None = None
         self.grad_action: str | None = None  # "drop", "zero" or None (leave to DeepSpeed)
 
     def bind(self, view: TrainView) -> None:
-        self.layers = list(view.module.layers)
+        self.module = view.module
         if not view.plain_fp32:
             if self.cfg.skipped_grad == "none" and view.world.is_main:
                 warnings.warn(
@@ -261,8 +261,16 @@ class SkipRetainPolicy(TrainingPolicy):
     def before_optimizer_step(self, step: int, plan: StepPlan) -> None:
         if not plan.skip or self.grad_action is None:
             return
-        for layer, skipped in zip(self.layers, plan.skip, strict=True):
+        # The live layer list (Dynamic Layer Tying changes it); a skipped layer's weights that a
+        # computed layer also runs (a tie) got a real gradient from that use and keep it.
+        layers = list(self.module.layers)
+        used = {
+            id(p) for layer, s in zip(layers, plan.skip, strict=True) if not s for p in _weights_of(layer)
+        }
+        for layer, skipped in zip(layers, plan.skip, strict=True):
             for p in layer.parameters() if skipped else ():
+                if id(p) in used:
+                    continue
                 if self.grad_action == "drop":
                     p.grad = None
                 elif p.grad is None:
@@ -292,6 +300,11 @@ class SkipRetainPolicy(TrainingPolicy):
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
         self.phase.load_state_dict(state["phase"])
         self.generator.set_state(state["generator"])
+
+
+def _weights_of(layer: nn.Module) -> Iterable[nn.Parameter]:
+    """The parameters a layer's forward runs: its own, or its source's for a tied layer."""
+    return getattr(layer, "source", layer).parameters()
 
 
 class CrossHeadPolicy(TrainingPolicy):

@@ -27,8 +27,9 @@ from pathlib import Path
 from typing import Any
 
 from skipxl.engine.config import EvalConfig, RunConfig, TrainConfig
+from skipxl.engine.dlt_config import AgentConfig, DLTConfig
 from skipxl.engine.flags import coerce, unknown_flag
-from skipxl.engine.variants import VARIANTS, apply_variant, check_variant, uses_skip
+from skipxl.engine.variants import VARIANTS, apply_variant, check_variant, uses_dlt, uses_skip
 from skipxl.errors import SkipxlError
 
 # Built-in corpus with the tiny model: seconds per hundred steps on a laptop CPU.
@@ -151,6 +152,18 @@ _SKIP_FLAGS = {
     "protect_ends": "protect_ends",
 }
 _CROSS_FLAGS = {"cross_head_mode": "mode"}
+_TYING_FLAGS = {"tying_gradient": "gradient", "tying_untie": "untie", "tying_start": "start"}
+#: Dynamic Layer Tying flags -> (config group, field): the schedule or its Q-learning agent.
+_DLT_FLAGS = {
+    "dlt_steps_per_action": ("dlt", "steps_per_action"),
+    "dlt_reward": ("dlt_agent", "reward"),
+    "dlt_reward_clip": ("dlt_agent", "reward_clip"),
+    "dlt_epsilon_floor": ("dlt_agent", "epsilon_floor"),
+    "dlt_epsilon_decay": ("dlt_agent", "epsilon_decay"),
+    "dlt_gamma": ("dlt_agent", "gamma"),
+    "dlt_lr": ("dlt_agent", "lr"),
+    "dlt_seed": ("dlt_agent", "seed"),
+}
 _RUNTIME_FLAGS = ("resume", "stop_at_step", "progress", "local_rank", "dry_run")
 
 
@@ -163,6 +176,7 @@ def _route(overrides: dict[str, Any]) -> dict[str, dict[str, Any]]:
     from skipxl.data import BuiltinConfig, DataConfig
     from skipxl.model.config import ModelConfig, SkipRetainConfig
     from skipxl.model.heads import CrossHeadConfig
+    from skipxl.model.tying import TyingConfig
 
     classes = {
         "model": ModelConfig,
@@ -172,13 +186,21 @@ def _route(overrides: dict[str, Any]) -> dict[str, dict[str, Any]]:
         "builtin": BuiltinConfig,
         "skip": SkipRetainConfig,
         "cross_head": CrossHeadConfig,
+        "tying": TyingConfig,
+        "dlt": DLTConfig,
+        "dlt_agent": AgentConfig,
     }
     hints = {k: _hints(c) for k, c in classes.items()}
-    hints["model"] = {k: v for k, v in hints["model"].items() if k not in ("skip", "cross_head", "n_token")}
+    hints["model"] = {
+        k: v for k, v in hints["model"].items() if k not in ("skip", "cross_head", "tying", "n_token")
+    }
+    hints["train"] = {k: v for k, v in hints["train"].items() if k != "dlt"}
     hints["data"] = {k: v for k, v in hints["data"].items() if k not in ("builtin", "corpus")}
     out: dict[str, dict[str, Any]] = {k: {} for k in classes}
     aliases = {"batch_size": ("train", "global_batch")}
-    valid_names: set[str] = set(aliases) | set(_SKIP_FLAGS) | set(_CROSS_FLAGS)
+    valid_names: set[str] = (
+        set(aliases) | set(_SKIP_FLAGS) | set(_CROSS_FLAGS) | set(_TYING_FLAGS) | set(_DLT_FLAGS)
+    )
     for group in ("model", "train", "data"):
         valid_names |= set(hints[group])
     valid_names |= {f"eval_{k}" for k in hints["eval"]} | {f"builtin_{k}" for k in hints["builtin"]}
@@ -195,6 +217,10 @@ def _route(overrides: dict[str, Any]) -> dict[str, dict[str, Any]]:
             group, key = "skip", _SKIP_FLAGS[name]
         elif name in _CROSS_FLAGS:
             group, key = "cross_head", _CROSS_FLAGS[name]
+        elif name in _TYING_FLAGS:
+            group, key = "tying", _TYING_FLAGS[name]
+        elif name in _DLT_FLAGS:
+            group, key = _DLT_FLAGS[name]
         elif name.startswith("eval_") and name[5:] in hints["eval"]:
             group, key = "eval", name[5:]
         elif name.startswith("builtin_") and name[8:] in hints["builtin"]:
@@ -282,6 +308,14 @@ def build_config(
             train_fields[name] = coerce(name, value, tp)
     if "warmup_steps" in train_fields and "max_steps" in train_fields:
         train_fields["warmup_steps"] = min(train_fields["warmup_steps"], train_fields["max_steps"])
+    if uses_dlt(variant):
+        agent = {"seed": int(train_fields.get("seed", TrainConfig.seed)), **routed["dlt_agent"]}
+        train_fields["dlt"] = DLTConfig(**routed["dlt"], agent=AgentConfig(**agent))
+    elif routed["dlt"] or routed["dlt_agent"]:
+        raise SkipxlError(
+            f"Dynamic Layer Tying flags {sorted(routed['dlt']) + sorted(routed['dlt_agent'])} need a DLT "
+            "variant (e.g. --variant dlt)"
+        )
     train = TrainConfig(**train_fields)
 
     eval_fields = {**recipe_for_defaults.eval.get(preset, base.eval.get(preset, {})), **routed["eval"]}
@@ -303,6 +337,7 @@ def build_config(
         beta=beta,
         skip_options=routed["skip"] or None,
         cross_head_options=routed["cross_head"] or None,
+        tying_options=routed["tying"] or None,
     )
     out_dir = coerce("out", out, str | None) or f"runs/{corpus}-{preset}-{variant}-seed{train.seed}"
     return RunConfig(

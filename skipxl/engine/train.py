@@ -60,7 +60,7 @@ from skipxl.engine.metrics import (
 from skipxl.engine.phases import PhaseController
 from skipxl.engine.policies import Policies, PolicyEvent, StepMetrics, TrainView, paper_policies
 from skipxl.engine.schedule import make_scheduler
-from skipxl.engine.variants import uses_skip
+from skipxl.engine.variants import uses_dlt, uses_skip
 from skipxl.errors import SkipxlError
 from skipxl.model import Memory, StepPlan
 from skipxl.profiling import MemoryProfiler
@@ -118,9 +118,14 @@ class StopFlag:
 
 def training_policies(cfg: RunConfig) -> Policies:
     """The run's training policies: the paper's methods its model config switches on, with the
-    Skip-Retain phase rule of its TrainConfig."""
+    Skip-Retain phase rule of its TrainConfig, then Dynamic Layer Tying for the DLT variants."""
     phase = PhaseController.from_config(cfg.train, enabled=uses_skip(cfg.variant))
-    return paper_policies(cfg.model, phase)
+    policies = paper_policies(cfg.model, phase)
+    if uses_dlt(cfg.variant):
+        from skipxl.engine.dlt import DynamicLayerTyingPolicy
+
+        policies.policies.append(DynamicLayerTyingPolicy(cfg.model.n_layer, cfg.train.dlt))
+    return policies
 
 
 def _init_deepspeed(out_dir: Path, is_main: bool) -> None:

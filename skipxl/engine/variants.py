@@ -1,18 +1,24 @@
-"""The four model variants of the paper (arXiv 2311.08123) as strings.
+"""The model variants as strings: the paper's four (arXiv 2311.08123) and Dynamic Layer Tying.
 
-=============  =====================  ==========================
-variant        Skip-Retain (phase 1)  stochastic cross-head
-=============  =====================  ==========================
-baseline       no                     no      (Transformer-XL)
-skip_retain    yes                    no
-cross_head     no                     yes
-combined       yes                    yes     ("Skip Cross-head Transformer-XL")
-=============  =====================  ==========================
+==============  =====================  =====================  =====================
+variant         Skip-Retain (phase 1)  stochastic cross-head  Dynamic Layer Tying
+==============  =====================  =====================  =====================
+baseline        no                     no                     no  (Transformer-XL)
+skip_retain     yes                    no                     no
+cross_head      no                     yes                    no
+combined        yes                    yes                    no  ("Skip Cross-head Transformer-XL")
+dlt             no                     no                     yes (arXiv 2401.12819)
+skip_retain_dlt yes                    no                     yes
+cross_head_dlt  no                     yes                    yes
+combined_dlt    yes                    yes                    yes
+==============  =====================  =====================  =====================
 
-A variant only decides which of ``ModelConfig.skip`` / ``ModelConfig.cross_head`` are set;
-their settings come from the preset (if it sets them) or the defaults of the paper's
-released code (linear pskip schedule with p = 0.5 and protected end layers; cross-head
-permutation mode with beta = 0.1), then from the recipe flags ``--pskip`` and ``--beta``.
+A variant only decides which of ``ModelConfig.skip`` / ``ModelConfig.cross_head`` /
+``ModelConfig.tying`` are set; their settings come from the preset (if it sets them) or the
+defaults of the released code (linear pskip schedule with p = 0.5 and protected end layers;
+cross-head permutation mode with beta = 0.1; tying with shared gradients, copy on untie,
+real ties at the start), then from the recipe flags (``--pskip``, ``--beta``, ``--tying_*``).
+With ``--mem_len 0`` any of them is a memory-less Transformer LM.
 """
 
 from __future__ import annotations
@@ -23,13 +29,17 @@ from typing import Any
 
 from skipxl.errors import SkipxlError
 
-VARIANTS: dict[str, tuple[bool, bool]] = {
-    "baseline": (False, False),
-    "skip_retain": (True, False),
-    "cross_head": (False, True),
-    "combined": (True, True),
+VARIANTS: dict[str, tuple[bool, bool, bool]] = {
+    "baseline": (False, False, False),
+    "skip_retain": (True, False, False),
+    "cross_head": (False, True, False),
+    "combined": (True, True, False),
+    "dlt": (False, False, True),
+    "skip_retain_dlt": (True, False, True),
+    "cross_head_dlt": (False, True, True),
+    "combined_dlt": (True, True, True),
 }
-"""variant -> (uses Skip-Retain, uses cross-head attention)."""
+"""variant -> (uses Skip-Retain, uses cross-head attention, uses Dynamic Layer Tying)."""
 
 
 def check_variant(variant: Any) -> str:
@@ -44,6 +54,10 @@ def uses_skip(variant: str) -> bool:
 
 def uses_cross_head(variant: str) -> bool:
     return VARIANTS[check_variant(variant)][1]
+
+
+def uses_dlt(variant: str) -> bool:
+    return VARIANTS[check_variant(variant)][2]
 
 
 def _parse_pskip(pskip: Any) -> float | tuple[float, ...]:
@@ -77,8 +91,9 @@ def apply_variant(
     beta: float | None = None,
     skip_options: dict[str, Any] | None = None,
     cross_head_options: dict[str, Any] | None = None,
+    tying_options: dict[str, Any] | None = None,
 ) -> Any:
-    """Return ``model_cfg`` with ``skip`` / ``cross_head`` set as ``variant`` says.
+    """Return ``model_cfg`` with ``skip`` / ``cross_head`` / ``tying`` set as ``variant`` says.
 
     Args:
         pskip: a number sets the schedule's ``p`` (linear slope or constant value); a list sets
@@ -86,11 +101,16 @@ def apply_variant(
         beta: cross-head mixing probability.
         skip_options / cross_head_options: further field overrides (e.g. ``retain_positions``,
             ``skipped_grad``, ``mode``).
+        tying_options: :class:`~skipxl.model.tying.TyingConfig` fields (``gradient``, ``untie``,
+            ``start``) for the DLT variants.
     """
     from skipxl.model.config import SkipRetainConfig
     from skipxl.model.heads import CrossHeadConfig
+    from skipxl.model.tying import TyingConfig
 
-    skip_on, cross_on = VARIANTS[check_variant(variant)]
+    skip_on, cross_on, dlt_on = VARIANTS[check_variant(variant)]
+    if tying_options and not dlt_on:
+        raise SkipxlError(f"tying options {sorted(tying_options)} need a DLT variant (e.g. --variant dlt)")
     if pskip is not None and not skip_on:
         raise SkipxlError(
             f"--pskip applies to Skip-Retain; use --variant skip_retain or combined (not {variant})"
@@ -130,4 +150,8 @@ def apply_variant(
                 raise SkipxlError(f"--beta must be a number in [0, 1], got {beta!r}")
             fields["beta"] = float(beta)
         cross = dataclasses.replace(cross, **fields) if fields else cross
-    return dataclasses.replace(model_cfg, skip=skip, cross_head=cross)
+    tying = None
+    if dlt_on:
+        tying = model_cfg.tying if model_cfg.tying is not None else TyingConfig()
+        tying = dataclasses.replace(tying, **tying_options) if tying_options else tying
+    return dataclasses.replace(model_cfg, skip=skip, cross_head=cross, tying=tying)
