@@ -143,3 +143,21 @@ def test_memory_command_rejects_unknown_variant(tmp_path):
 
     with pytest.raises(SkipxlError, match="unknown --variant"):
         cli.run_memory(variants="baseline,fast", out=str(tmp_path), **COMMON)
+
+
+def test_memory_profile_of_dlt_shows_the_state_saving_of_its_tying_state() -> None:
+    """A tied layer owns no parameter, gradient or Adam moment: the states shrink by exactly the
+    tied layers' share (torch engine, no isolation: seconds)."""
+    from skipxl.profiling.cli import profile_variant, summarize
+
+    common = dict(preset="tiny", steps=2, batch=1, engine="torch", per_layer=False, overrides={"n_layer": 4})
+    base = summarize(profile_variant(variant="baseline", **common))
+    dlt = summarize(profile_variant(variant="dlt", tying_state=[0, 0, 2, 2], **common))
+    assert dlt["tying_sources"] == [0, 0, 2, 2]
+    from skipxl.model import TransformerXL, get_preset
+
+    layer = sum(p.numel() * 4 for p in TransformerXL(get_preset("tiny", n_layer=4)).layers[0].parameters())
+    assert base["states"]["params"] - dlt["states"]["params"] == 2 * layer
+    assert base["states"]["grads"] - dlt["states"]["grads"] == 2 * layer
+    assert base["states"]["optimizer"] - dlt["states"]["optimizer"] >= 2 * 2 * layer  # two Adam moments
+    assert dlt["saved_max"] == base["saved_max"]  # the same computation: tying saves states, not activations

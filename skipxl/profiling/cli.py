@@ -20,6 +20,12 @@ config, seed and data:
    ``tolerance`` (relative) in held memory bytes or in peak saved activations, or by more
    than ``peak_tolerance`` in process peak (only compared when measured fairly: isolated
    processes or CUDA).
+
+Dynamic Layer Tying (arXiv 2401.12819; ``--variants baseline,dlt``) saves model states, not
+activations: a tied layer owns no parameter, gradient or optimizer state, so the states table
+shows the saving per rank next to the baseline (``x total``). The tying state profiled is the
+method's start (every layer tied to layer 0) or ``--tying_state 0,1,1,3,...`` (e.g. the
+``dlt.sources`` a training run wrote to its ``results.json``).
 """
 
 from __future__ import annotations
@@ -99,8 +105,12 @@ def profile_variant(
     ds_config: str = "cpu",
     device: str = "auto",
     per_layer: bool = True,
+    tying_state: Sequence[int] | None = None,
 ) -> dict[str, Any]:
-    """Train one variant for ``steps`` steps under a profiler; return a JSON-able summary."""
+    """Train one variant for ``steps`` steps under a profiler; return a JSON-able summary.
+
+    ``tying_state``: for the DLT variants, the state vector to profile (default: the start).
+    """
     cfg = variant_config(preset, variant, overrides, pskip, beta, skip_options)
     dev = torch.device(
         "cuda" if device == "auto" and torch.cuda.is_available() else ("cpu" if device == "auto" else device)
@@ -108,6 +118,9 @@ def profile_variant(
     tokens = synthetic_stream(cfg.n_token, batch, steps * cfg.tgt_len + 1, seed)  # [B, S*T+1]
     torch.manual_seed(seed)
     model = build_model(cfg, variant).to(dev)
+    tying = getattr(model.layers, "tying", None)
+    if tying is not None and tying_state is not None:
+        tying.apply(tying_state)  # a fixed state: every ZeRO stage flattens what exists now
     n_params = sum(p.numel() for p in model.parameters())
     optimizer = torch.optim.Adam(model.parameters(), lr=2.5e-4)
     state_estimate = None
@@ -154,6 +167,7 @@ def profile_variant(
         "device": str(dev),
         "state_estimate": state_estimate,
         "records": prof.records,
+        "tying_sources": list(tying.sources) if tying is not None else None,
     }
 
 
@@ -226,6 +240,7 @@ def summarize(result: dict[str, Any]) -> dict[str, Any]:
         "state_estimate": result.get("state_estimate"),
         "n_params": result["n_params"],
         "per_layer": per_layer,
+        "tying_sources": result.get("tying_sources"),
     }
 
 
@@ -330,14 +345,20 @@ def format_layer_table(summaries: dict[str, dict[str, Any]]) -> str:
 
 
 def format_states(summaries: dict[str, dict[str, Any]]) -> str:
-    """Parameter / gradient / optimizer bytes per rank next to DeepSpeed's estimator."""
-    head = ["variant", "params", "grads", "optimizer", "total", "zero stage", "estimator", "source"]
+    """Parameter / gradient / optimizer bytes per rank (MiB), the ratio of their total to the
+    baseline's, the layers holding weights of their own, and DeepSpeed's estimator."""
+    head = ["variant", "params", "grads", "optimizer", "total", "x total", "own layers", "zero stage"]
+    head += ["estimator", "source"]
     rows = [head]
+    base_total = summaries["baseline"]["states"].get("total", 0) if "baseline" in summaries else 0
     for name, s in summaries.items():
         st, est = s["states"], s.get("state_estimate") or {}
         measured = [_mib(st.get(k, 0)) for k in ("params", "grads", "optimizer", "total")]
+        ratio = f"{st.get('total', 0) / base_total:.4f}" if base_total else "-"
+        sources = s.get("tying_sources")
+        own = str(sum(1 for i, j in enumerate(sources) if i == j)) if sources else "all"
         estimator = [_mib(est["accelerator_bytes"]), est["source"]] if est else ["-", "-"]
-        rows.append([name, *measured, str(st.get("zero_stage", "-")), *estimator])
+        rows.append([name, *measured, ratio, own, str(st.get("zero_stage", "-")), *estimator])
     return _render(rows)
 
 
@@ -416,6 +437,19 @@ def _parse_variants(variants: str | Sequence[str]) -> list[str]:
     return ["baseline"] + [n for n in dict.fromkeys(names) if n != "baseline"]
 
 
+def _parse_tying_state(value: Any) -> list[int] | None:
+    """``"0,0,2,2"`` / ``(0, 0, 2, 2)`` -> ``[0, 0, 2, 2]`` (checked against the model later)."""
+    if value is None:
+        return None
+    parts = value.split(",") if isinstance(value, str) else list(value)
+    try:
+        return [int(str(v).strip()) for v in parts if str(v).strip()]
+    except ValueError:
+        raise SkipxlError(
+            f"--tying_state {value!r} must be comma-separated layer indices, e.g. 0,0,2,2"
+        ) from None
+
+
 def run_memory(
     preset: str = "tiny",
     variants: str | Sequence[str] = DEFAULT_VARIANTS,
@@ -439,14 +473,15 @@ def run_memory(
     device: str = "auto",
     isolate: bool = True,
     plot_png: bool = True,
+    tying_state: Any = None,
 ) -> dict[str, Any]:
     """Profile each variant with identical config, seed and data; gate on the baseline.
 
     Args:
         preset: model preset (``skipxl.model.PRESETS``); ``tgt_len``, ``mem_len``,
             ``n_token`` and ``n_layer`` override its shapes (e.g. a reduced vocabulary).
-        variants: comma-separated subset of baseline, skip_retain, cross_head, combined
-            (the baseline is always run: it is the reference).
+        variants: comma-separated subset of baseline, skip_retain, cross_head, combined, dlt (and
+            the other DLT compositions; the baseline is always run: it is the reference).
         steps: training steps per variant (memory fills after ``mem_len / tgt_len`` steps).
         batch: sequences per step.
         per_layer: also print the per-layer table.
@@ -461,10 +496,14 @@ def run_memory(
         engine: ``"deepspeed"`` (model states as DeepSpeed holds them; ``ds_config`` picks
             the JSON) or ``"torch"`` (plain Adam, faster).
         isolate: run each variant in a fresh process (fair process peaks on CPU).
+        tying_state: the Dynamic Layer Tying state vector the DLT variants are profiled in
+            (comma-separated, e.g. ``0,0,2,2``; default: the method's start, all tied to 0).
     Returns:
         the report dict (also written to ``out/memory.json``). Raises ``SystemExit(1)``
         when a variant exceeds the tolerance.
     """
+    from skipxl.engine.variants import uses_dlt
+
     names = _parse_variants(variants)
     if steps < 1 or batch < 1:
         raise SkipxlError(f"steps and batch must be >= 1 (got steps={steps}, batch={batch})")
@@ -482,6 +521,11 @@ def run_memory(
         if v is not None
     }
     skip_options = {"retain_positions": retain_positions} if retain_positions else None
+    sources = _parse_tying_state(tying_state)
+    if sources is not None and not any(uses_dlt(n) for n in names):
+        raise SkipxlError(
+            "--tying_state needs a Dynamic Layer Tying variant in --variants (e.g. baseline,dlt)"
+        )
     results: dict[str, dict[str, Any]] = {}
     for name in names:
         kwargs = dict(
@@ -498,6 +542,7 @@ def run_memory(
             ds_config=ds_config,
             device=device,
             per_layer=True,
+            tying_state=sources if uses_dlt(name) else None,
         )
         if isolate:
             results[name] = run_isolated("skipxl.profiling.cli:profile_variant", kwargs)
