@@ -8,6 +8,7 @@
     skipxl data prepare --corpus wt103 --data_dir data/wikitext-103
     skipxl export RUN_DIR
     skipxl memory ...                 (skipxl.profiling)
+    skipxl tying RUN_DIR [RUN_DIR ...] [--png tying.png]   (Dynamic Layer Tying heat-map)
     skipxl glue-report SWEEP_DIR      (skipxl.glue)
 
 Every user mistake is one line ``error: ...`` on stderr and exit status 2; ``--help``
@@ -210,6 +211,18 @@ def compare(*run_dirs: str, png: str | None = None, group: bool = False) -> None
     )
 
 
+def tying(*run_dirs: str, png: str | None = None) -> None:
+    """Heat-map PNG of the Dynamic Layer Tying state (layer x step) of DLT runs.
+
+    Args:
+        run_dirs: finished ``--variant dlt`` run folders (one panel each).
+        png: output file (default: <first run>/tying.png).
+    """
+    from skipxl.engine.dlt_plot import plot_tying
+
+    print(plot_tying([_coerce("run_dir", d, str) for d in run_dirs], png=_coerce("png", png, str | None)))
+
+
 def data_prepare(
     corpus: str = "builtin",
     data_dir: str | None = None,
@@ -311,6 +324,7 @@ COMMANDS: dict[str, Any] = {
     "train": train,
     "eval": eval_,
     "compare": compare,
+    "tying": tying,
     "data": {"prepare": data_prepare},
     "export": export,
     **{name: _lazy_command(name) for name in LAZY_COMMANDS},

@@ -55,8 +55,8 @@ def main() -> None:
     actions: list[list[float]] = []
     original_act = DynamicLayerTyingPolicy._act
 
-    def recording_act(self):  # type: ignore[no-untyped-def]
-        original_act(self)
+    def recording_act(self, step):  # type: ignore[no-untyped-def]
+        original_act(self, step)
         _, layer, action = self.pending
         actions.append([layer, action, self.last.get("dlt/reward", 0.0), self.last.get("dlt/q_loss", 0.0)])
 

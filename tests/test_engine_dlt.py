@@ -136,3 +136,20 @@ def test_dlt_refuses_flat_deepspeed_states_and_untied_models() -> None:
     plain = TransformerXL(tiny(n_token=40, n_layer=N_LAYER))
     with pytest.raises(SkipxlError, match=r"ModelConfig\.tying"):
         policy.bind(TrainView(plain, torch.optim.Adam(plain.parameters()), WORLD))
+
+
+def test_history_records_every_action_and_the_heat_map_matrix_follows_it() -> None:
+    from skipxl.engine.dlt_plot import state_matrix
+
+    run = Run(steps_per_action=2)
+    for _ in range(8):
+        run.train_step()
+    history = run.policy.history
+    assert [h[0] for h in history] == [0, 2, 4, 6, 8]  # the step count before each action
+    assert [h[1] for h in history] == [1, 2, 3, 1, 2]
+    assert all(h[2] == h[3 + h[1]] for h in history)  # the action is the new state[layer]
+    assert history[-1][3:] == list(run.model.layers.tying.sources)
+    grid = state_matrix([h[0] for h in history], [h[3:] for h in history], 9)  # [L, 9]
+    assert grid.shape == (N_LAYER, 9)
+    assert grid[:, 0].tolist() == history[0][3:] and grid[:, 7].tolist() == history[3][3:]
+    assert grid[:, 8].tolist() == history[4][3:]

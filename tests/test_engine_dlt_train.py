@@ -48,6 +48,18 @@ def test_dlt_resumes_mid_episode_bitwise(tmp_path) -> None:
     )
     results = json.loads((tmp_path / "full" / rd.RESULTS).read_text())
     assert results["dlt"]["episodes"] == 1 and len(results["dlt"]["sources"]) == 4
+    assert (
+        results["dlt"]["history"] == json.loads((tmp_path / "cut" / rd.RESULTS).read_text())["dlt"]["history"]
+    )
+    assert len(results["dlt"]["history"]) == 1 + 10 // 2
+
+    from skipxl.cli import main
+
+    assert (
+        main(["tying", str(tmp_path / "full"), str(tmp_path / "cut"), "--png", str(tmp_path / "t.png")]) == 0
+    )
+    assert (tmp_path / "t.png").stat().st_size > 1000
+    assert main(["tying", str(tmp_path / "nowhere")]) == 2  # one error line, no traceback
 
 
 @pytest.mark.parametrize("ds_config", ["cpu_zero1", "cpu_zero3"])

@@ -59,6 +59,7 @@ class DynamicLayerTyingPolicy(TrainingPolicy):
         self.pending: tuple[list[int], int, int] | None = None  # (state before, layer, action)
         self.last: dict[str, float] = {}
         self.actions_taken = 0
+        self.history: list[list[int]] = []  # [step, layer, action, *sources] per action (the heat-map)
         self._measure_steps = 2
         self._bytes: dict[str, int] = {}
 
@@ -81,7 +82,7 @@ class DynamicLayerTyingPolicy(TrainingPolicy):
     def plan(self, step: int, plan: Any) -> Any:
         if not self.started:
             self.started = True
-            self._act()
+            self._act(step)
         return plan
 
     def before_optimizer_step(self, step: int, plan: Any) -> None:
@@ -115,14 +116,16 @@ class DynamicLayerTyingPolicy(TrainingPolicy):
                 f"{self.tying.n_independent}/{self.n_layer} independent layers, "
                 f"epsilon {self.agent.epsilon:.3f}",
             )
-        self._act()
+        self._act(metrics.step)
         return event
 
-    def _act(self) -> None:
+    def _act(self, step: int) -> None:
+        """Choose and apply layer ``self.layer``'s action before optimizer step ``step + 1``."""
         state = list(self.tying.sources)
         action, explored = self.agent.act(self.layer, state)
         self.pending = (state, self.layer, action)
         self.tying.set_source(self.layer, action)
+        self.history.append([step, self.layer, action, *self.tying.sources])
         self.steps_in_action = 0
         self.actions_taken += 1
         self.last["dlt/explored"] = float(explored)
@@ -153,6 +156,7 @@ class DynamicLayerTyingPolicy(TrainingPolicy):
                 "epsilon": self.agent.epsilon,
                 **{k.removeprefix("dlt/"): v for k, v in self._counts().items()},
                 "bytes": dict(self._bytes),
+                "history": [list(h) for h in self.history],
             }
         }
 
@@ -166,6 +170,7 @@ class DynamicLayerTyingPolicy(TrainingPolicy):
             "pending": self.pending,
             "last": dict(self.last),
             "actions_taken": self.actions_taken,
+            "history": [list(h) for h in self.history],
             "tying": self.tying.state_dict(),
         }
 
@@ -181,6 +186,7 @@ class DynamicLayerTyingPolicy(TrainingPolicy):
         self.pending = None if p is None else (list(p[0]), int(p[1]), int(p[2]))
         self.last = dict(state["last"])
         self.actions_taken = int(state["actions_taken"])
+        self.history = [list(h) for h in state["history"]]
         self._measure_steps = 2
 
 
