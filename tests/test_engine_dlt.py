@@ -153,3 +153,36 @@ def test_history_records_every_action_and_the_heat_map_matrix_follows_it() -> No
     assert grid.shape == (N_LAYER, 9)
     assert grid[:, 0].tolist() == history[0][3:] and grid[:, 7].tolist() == history[3][3:]
     assert grid[:, 8].tolist() == history[4][3:]
+
+
+@pytest.mark.parametrize(
+    ("skip", "kept_layer_grads"),
+    [
+        ((True, False, False, False), True),
+        ((False, False, True, False), True),
+        ((False, False, True, True), False),
+    ],
+)
+def test_skip_retain_keeps_the_gradient_a_computed_tie_gave_a_skipped_owner(skip, kept_layer_grads) -> None:
+    """Sources (0, 0, 2, 2): skipping owner 0 while layer 1 (tied to 0) is computed, its weights did
+    work and keep their gradient; an owner whose every use is skipped loses it (skipped_grad none)."""
+    from skipxl.engine.phases import PHASE_SKIP, PhaseController
+    from skipxl.engine.policies import SkipRetainPolicy, plan_generator
+    from skipxl.model.config import SkipRetainConfig
+
+    cfg = SkipRetainConfig(schedule="constant", p=0.5, protect_ends=False)
+    torch.manual_seed(0)
+    model = TransformerXL(tiny(n_token=40, n_layer=N_LAYER, dropout=0.0, skip=cfg, tying=TyingConfig()))
+    model.layers.tying.apply((0, 0, 2, 2))
+    policy = SkipRetainPolicy(
+        cfg, N_LAYER, PhaseController(enabled=True, phase=PHASE_SKIP), plan_generator(0)
+    )
+    policy.bind(TrainView(model, torch.optim.Adam(model.parameters()), WORLD))
+    x = torch.randint(0, 40, (2, 16))
+    plan = StepPlan(skip=skip)
+    model(x, x, plan=plan).loss.backward()
+    policy.before_optimizer_step(0, plan)
+    owner = 0 if skip[0] else 2
+    grads = [p.grad for p in model.layers[owner].parameters()]
+    assert all(g is not None for g in grads) == kept_layer_grads
+    assert all(g is None for g in grads) == (not kept_layer_grads)
