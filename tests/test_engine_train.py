@@ -9,7 +9,7 @@ import signal
 
 import pytest
 import torch
-from engine_helpers import one_thread, restore_launch_env, tiny_config  # noqa: F401 (autouse fixtures)
+from engine_helpers import tiny_config
 
 from skipxl.engine import checkpoint as ckpt
 from skipxl.engine.checkpoint import fp32_state_dict, read_latest

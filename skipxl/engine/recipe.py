@@ -28,7 +28,7 @@ from typing import Any
 
 from skipxl.engine.config import EvalConfig, RunConfig, TrainConfig
 from skipxl.engine.flags import coerce, unknown_flag
-from skipxl.engine.variants import VARIANTS, apply_variant, check_variant, uses_skip
+from skipxl.engine.variants import apply_variant, check_variant, uses_skip
 from skipxl.errors import SkipxlError
 
 # Built-in corpus with the tiny model: seconds per hundred steps on a laptop CPU.
@@ -151,7 +151,6 @@ _SKIP_FLAGS = {
     "protect_ends": "protect_ends",
 }
 _CROSS_FLAGS = {"cross_head_mode": "mode"}
-_RUNTIME_FLAGS = ("resume", "stop_at_step", "progress", "local_rank", "dry_run")
 
 
 def _hints(cls: type) -> dict[str, Any]:
@@ -376,7 +375,3 @@ def _apply_overrides(cfg: RunConfig, flags: dict[str, Any]) -> RunConfig:
     train = dataclasses.replace(cfg.train, **train_changes)
     out = coerce("out", flags["out"], str) if "out" in flags else cfg.out_dir
     return dataclasses.replace(cfg, train=train, out_dir=out)
-
-
-def variants() -> list[str]:
-    return list(VARIANTS)
