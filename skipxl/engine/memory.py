@@ -41,6 +41,7 @@ from skipxl.engine.distributed import ensure_accelerator_env, ensure_launch_env
 from skipxl.engine.ds_config import build_ds_config, zero_stage_of
 from skipxl.engine.ds_engine import build_engine, optimizer_step
 from skipxl.engine.policies import paper_policies
+from skipxl.engine.train import lm_loss
 from skipxl.engine.variants import apply_variant, check_variant, uses_cross_head, uses_skip
 from skipxl.errors import SkipxlError
 from skipxl.model import Memory, StepPlan
@@ -141,7 +142,7 @@ def profile_variant(
         # in the saved-tensor count).
         inputs = tokens[:, s * t : (s + 1) * t].clone().to(dev)  # [B, T]
         targets = tokens[:, s * t + 1 : (s + 1) * t + 1].clone().to(dev)  # [B, T]
-        step_loss = functools.partial(_lm_loss, runner, mems, policies.plan(s, StepPlan()))
+        step_loss = functools.partial(lm_loss, runner, mems, policies.plan(s, StepPlan()))
         if engine == "deepspeed":
             optimizer_step(runner, [(inputs, targets)], step_loss)
         else:
@@ -162,16 +163,6 @@ def profile_variant(
         "state_estimate": state_estimate,
         "records": prof.records,
     }
-
-
-def _lm_loss(
-    model: Any, mems: list[Memory | None], plan: StepPlan, a: int, batch: tuple[torch.Tensor, torch.Tensor]
-) -> torch.Tensor:
-    """One micro-step's loss; the memory of stream group ``a`` moves on (``mems[a]``)."""
-    inputs, targets = batch
-    out = model(inputs, targets=targets, mems=mems[a], plan=plan)
-    mems[a] = out.mems
-    return out.loss
 
 
 def _deepspeed_engine(
