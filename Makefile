@@ -2,6 +2,7 @@
 #   make demo   train `tiny` (all four variants) on the built-in corpus through DeepSpeed on CPU,
 #               evaluate with the Transformer-XL protocol, print the comparison table
 #   make test   the test suite (pytest, DeepSpeed on CPU)
+#   make lint   ruff check + ruff format --check (CI runs it before the tests)
 # Both create .venv on first use (python3 -m venv + pip install -e '.[dev]'); a stamp file makes
 # later calls skip the install. PyTorch is installed first, as TORCH_SPEC (default torch==2.13.0,
 # the release this suite is tested with; any 2.1 <= version <= 2.14.1 works): pinning it keeps pip from
@@ -19,7 +20,7 @@ DEMO_VARIANTS ?= baseline skip_retain cross_head combined
 # Tiny models on few cores: one intra-op thread is fastest and immune to oversubscription.
 RUN_ENV := DS_ACCELERATOR=cpu OMP_NUM_THREADS=1
 
-.PHONY: demo test venv clean-demo
+.PHONY: demo test lint venv clean-demo
 
 venv: $(STAMP)
 
@@ -41,6 +42,10 @@ demo: $(STAMP)
 
 test: $(STAMP)
 	$(RUN_ENV) $(PY) -m pytest -q tests/
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
 
 clean-demo:
 	rm -rf $(DEMO_DIR)

@@ -291,7 +291,7 @@ _MEMORY_SUMMARY = "Memory accounting of the Transformer-XL variants against the 
 _GLUE_SUMMARY = "Report of a BERT + cross-head GLUE seed sweep: mean ± std, std reduction with bootstrap CI."
 #: Commands whose module is imported only when they run: name -> (module, function, summary).
 LAZY_COMMANDS: dict[str, tuple[str, str, str]] = {
-    "memory": ("skipxl.profiling.cli", "memory", _MEMORY_SUMMARY),
+    "memory": ("skipxl.engine.memory", "memory", _MEMORY_SUMMARY),
     "glue-report": ("skipxl.glue.report", "main", _GLUE_SUMMARY),
     "glue_report": ("skipxl.glue.report", "main", _GLUE_SUMMARY),
 }

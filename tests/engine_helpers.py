@@ -1,4 +1,5 @@
-"""Shared helpers of the engine/CLI tests (not a test module)."""
+"""Shared helper functions of the engine/CLI tests (not a test module; the shared fixtures are in
+``conftest.py``)."""
 
 from __future__ import annotations
 
@@ -9,8 +10,6 @@ import subprocess
 import sys
 from pathlib import Path
 from typing import Any
-
-import pytest
 
 REPO = Path(__file__).resolve().parents[1]
 LAUNCH_VARS = ("RANK", "LOCAL_RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT", "LOCAL_WORLD_SIZE")
@@ -105,29 +104,3 @@ def tiny_config(out: Path, *, variant: str = "baseline", steps: int = 6, **train
     )
     flags.update(train)
     return build_config("builtin", variant=variant, max_steps=steps, out=str(out), **flags)
-
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny models on a shared 2-core machine: one intra-op thread avoids OpenMP oversubscription
-    (2 threads under contention are 10-50x slower); restored after each test."""
-    import torch
-
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
-@pytest.fixture(autouse=True)
-def restore_launch_env():
-    """An in-process training run fills RANK/WORLD_SIZE/MASTER_PORT (a one-process world) and keeps its
-    rendezvous port bound; remove them afterwards so that later tests' child processes (which inherit
-    the environment) pick their own ports."""
-    saved = {k: os.environ.get(k) for k in LAUNCH_VARS}
-    yield
-    for key, value in saved.items():
-        if value is None:
-            os.environ.pop(key, None)
-        else:
-            os.environ[key] = value

@@ -7,7 +7,7 @@ import shutil
 
 import pytest
 import torch
-from engine_helpers import REPO, one_thread, restore_launch_env, run_cli, run_recipe  # noqa: F401 (autouse fixtures)
+from engine_helpers import REPO, run_cli, run_recipe
 
 from skipxl.cli import main
 

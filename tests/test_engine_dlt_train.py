@@ -7,7 +7,7 @@ import json
 
 import pytest
 import torch
-from engine_helpers import launch_workers, one_thread, restore_launch_env, tiny_config  # noqa: F401
+from engine_helpers import launch_workers, tiny_config
 
 from skipxl.engine import run_dir as rd
 from skipxl.engine.checkpoint import fp32_state_dict

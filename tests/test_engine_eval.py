@@ -8,7 +8,6 @@ import math
 import numpy as np
 import pytest
 import torch
-from engine_helpers import one_thread  # noqa: F401 (autouse fixture)
 
 from skipxl.data import eval_batches
 from skipxl.engine.config import EvalConfig

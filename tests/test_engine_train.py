@@ -9,7 +9,7 @@ import signal
 
 import pytest
 import torch
-from engine_helpers import one_thread, restore_launch_env, tiny_config  # noqa: F401 (autouse fixtures)
+from engine_helpers import tiny_config
 
 from skipxl.engine import checkpoint as ckpt
 from skipxl.engine.checkpoint import fp32_state_dict, read_latest
@@ -209,3 +209,89 @@ def test_zero_probabilities_reproduce_the_baseline_bitwise(tmp_path):
     )
     assert zero.losses == base.losses
     _assert_same_weights(_weights(tmp_path / "baseline"), _weights(tmp_path / "combined"))
+
+
+def _to_format_1(ckpt_dir):
+    """Rewrite the latest checkpoint as skipxl wrote it before the training policies (format 1):
+    the phase in DeepSpeed's client state, the model's plan generator and the memories in the
+    rank file."""
+    folder = ckpt_dir / read_latest(ckpt_dir)
+    model_file, rank_file = folder / "mp_rank_00_model_states.pt", folder / "skipxl_rank_00000.pt"
+    client = torch.load(model_file, weights_only=False)
+    rank = torch.load(rank_file, weights_only=False)
+    policies = rank["policies"]
+    generator = next(iter(policies.values()))["generator"]
+    assert all(torch.equal(p["generator"], generator) for p in policies.values())  # one shared stream
+    client.pop("format_version")
+    client.pop("policies")
+    client["phase"] = policies["skip_retain"]["phase"]
+    torch.save(client, model_file)
+    old = {"rng": rank["rng"], "plan_generator": generator, "iterator": rank["iterator"]}
+    torch.save({**old, "mems": rank["train_state"]["mems"]}, rank_file)
+
+
+def test_checkpoints_of_format_1_resume_exactly(tmp_path):
+    """Run folders written before the training policies (checkpoint format 1) resume bit for bit."""
+    kw = dict(
+        variant="combined", steps=6, grad_accum=2, phase1_steps=4, phase1_fraction=None, phase1_patience=None
+    )
+    full = train(tiny_config(tmp_path / "full", **kw), progress=False)
+    first = train(tiny_config(tmp_path / "old", **kw), progress=False, stop_at_step=3)
+    _to_format_1(tmp_path / "old" / "checkpoints")
+    second = train(tiny_config(tmp_path / "old", **kw), progress=False, resume=True)
+    assert first.losses + second.losses == full.losses
+    _assert_same_weights(_weights(tmp_path / "full"), _weights(tmp_path / "old"))
+    results = json.loads((tmp_path / "old" / "results.json").read_text())
+    assert results["phase"]["switch_step"] == 4
+
+
+def test_checkpoints_of_another_format_fail_with_one_clear_error(tmp_path):
+    cfg = tiny_config(tmp_path / "run", steps=2)
+    train(cfg, progress=False)
+    model_file = tmp_path / "run" / "checkpoints" / "step_00000002" / "mp_rank_00_model_states.pt"
+    client = torch.load(model_file, weights_only=False)
+    torch.save({**client, "format_version": 99}, model_file)
+    with pytest.raises(SkipxlError, match="format version 99, newer than this skipxl reads"):
+        train(tiny_config(tmp_path / "run", steps=4), progress=False, resume=True)
+    del client["format_version"]  # format 1, but its rank file is of format 2: lacks the old keys
+    torch.save(client, model_file)
+    with pytest.raises(
+        SkipxlError, match=r"format version 1 checkpoint .* lacks \['phase', 'plan_generator'"
+    ):
+        train(tiny_config(tmp_path / "run", steps=4), progress=False, resume=True)
+
+
+BAD_EVAL_CONTEXTS = [
+    (dict(eval_clamp_len=0), "clamp_len must be -1"),
+    (dict(eval_clamp_len=-3), "clamp_len must be -1"),
+    (dict(eval_same_length=True, eval_mem_len=0), "same_length=True with mem_len=0"),
+    (dict(eval_tgt_len=0), "tgt_len must be >= 1"),
+    (dict(eval_mem_len=-1), "mem_len must be >= 0"),
+    (dict(eval_ext_len=-1), "ext_len must be >= 0"),
+    (dict(eval_batch_size=0), "batch_size must be >= 1"),
+]
+
+
+@pytest.mark.parametrize(("flags", "match"), BAD_EVAL_CONTEXTS)
+def test_bad_evaluation_contexts_fail_at_start_up(tmp_path, flags, match):
+    """Every evaluation-context value the final evaluation would reject fails when the run is
+    configured (and `skipxl eval` overrides alike), not after the training."""
+    with pytest.raises(SkipxlError, match=match):
+        tiny_config(tmp_path / "run", **flags)
+    from skipxl.engine.config import run_config_to_dict
+    from skipxl.engine.evaluate import evaluate_run
+
+    run = tmp_path / "evaluated"
+    run.mkdir()
+    (run / "config.json").write_text(json.dumps(run_config_to_dict(tiny_config(run))))
+    overrides = {k.removeprefix("eval_"): v for k, v in flags.items()}
+    with pytest.raises(SkipxlError, match=match):
+        evaluate_run(run, overrides=overrides)
+
+
+def test_eval_streams_longer_than_a_split_fail_before_training(tmp_path):
+    with pytest.raises(SkipxlError, match="too few for 5000 evaluation streams"):
+        train(tiny_config(tmp_path / "run", eval_batch_size=5000), progress=False)
+    assert (
+        not (tmp_path / "run" / "checkpoints").exists() and not (tmp_path / "run" / "metrics.jsonl").exists()
+    )

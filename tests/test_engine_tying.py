@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import pytest
 import torch
-from engine_helpers import one_thread, restore_launch_env  # noqa: F401 (autouse fixtures)
 
 from skipxl.engine.tying_optim import sync_optimizer
 from skipxl.model import TransformerXL
@@ -19,22 +18,19 @@ pytestmark = pytest.mark.slow
 def _engine(seed: int):
     import deepspeed
 
-    from skipxl.engine.config import TrainConfig
     from skipxl.engine.distributed import ensure_accelerator_env, ensure_launch_env
     from skipxl.engine.ds_config import build_ds_config
-    from skipxl.engine.train import build_engine
+    from skipxl.engine.ds_engine import build_engine
 
     ensure_launch_env()
     ensure_accelerator_env()
     deepspeed.init_distributed(verbose=False)
     torch.manual_seed(seed)
     model = TransformerXL(tiny(n_token=50, n_layer=4, dropout=0.0, tying=TyingConfig()))
-
-    tc = TrainConfig(lr=1e-2, max_steps=100, warmup_steps=0)
     ds = build_ds_config(
         "cpu", micro_batch=2, grad_accum=1, world_size=1, overrides={"gradient_clipping": 1.0}
     )
-    engine, _ = build_engine(model, tc, ds)
+    engine = build_engine(model, torch.optim.Adam(model.parameters(), lr=1e-2), ds)
     model.layers.tying.listeners.append(lambda change: sync_optimizer(engine.optimizer, engine.module))
     return engine
 

@@ -7,8 +7,8 @@ import json
 import pytest
 import torch
 
+from skipxl.engine import memory as cli
 from skipxl.model import TransformerXL, get_preset
-from skipxl.profiling import cli
 from skipxl.profiling.profiler import MemoryProfiler
 
 torch.set_num_threads(1)
@@ -121,9 +121,9 @@ def test_memory_command_passes_and_writes_report(tmp_path, capsys):
 def test_memory_command_fails_when_a_variant_allocates_more(tmp_path, monkeypatch, capsys):
     build = cli.build_model
 
-    def leaky(cfg, variant):
-        model = build(cfg, variant)
-        if variant == "cross_head":
+    def leaky(cfg):
+        model = build(cfg)
+        if cfg.cross_head is not None:  # the cross_head variant
             for layer in model.layers:
                 # out * c saves c for the backward: one extra [B, T, D] tensor per layer.
                 layer.register_forward_hook(lambda m, args, out: out * torch.full_like(out, 1.0))
@@ -148,7 +148,7 @@ def test_memory_command_rejects_unknown_variant(tmp_path):
 def test_memory_profile_of_dlt_shows_the_state_saving_of_its_tying_state() -> None:
     """A tied layer owns no parameter, gradient or Adam moment: the states shrink by exactly the
     tied layers' share (torch engine, no isolation: seconds)."""
-    from skipxl.profiling.cli import profile_variant, summarize
+    from skipxl.engine.memory import profile_variant, summarize
 
     common = dict(preset="tiny", steps=2, batch=1, engine="torch", per_layer=False, overrides={"n_layer": 4})
     base = summarize(profile_variant(variant="baseline", **common))

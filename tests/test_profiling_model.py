@@ -13,6 +13,7 @@ from __future__ import annotations
 import pytest
 import torch
 
+from skipxl.engine.policies import paper_policies
 from skipxl.engine.variants import apply_variant
 from skipxl.model import StepPlan, TransformerXL, get_preset
 from skipxl.profiling.estimate import (
@@ -47,11 +48,13 @@ def run(cfg, steps: int = STEPS, first_plan: StepPlan | None = None, plans=None)
     opt = torch.optim.SGD(model.parameters(), lr=0.01)
     acct = SavedTensorAccountant(params=model.parameters())
     data, t = stream(cfg, steps), cfg.tgt_len
+    policies = paper_policies(cfg)  # the variant's draws, as the engine makes them
     mems, rows = None, []
     for s in range(steps):
         x = data[:, s * t : (s + 1) * t].clone()  # [B, T]
         y = data[:, s * t + 1 : (s + 1) * t + 1].clone()  # [B, T]
         plan = plans[s] if plans is not None else (first_plan if s == 0 else None)
+        plan = policies.plan(s, StepPlan()) if plan is None else plan
         acct.reset()
         with acct:
             out = model(x, y, mems, plan=plan)

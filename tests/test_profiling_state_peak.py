@@ -68,7 +68,7 @@ def test_deepspeed_zero2_state_bytes_match_estimator():
     """fp32 ZeRO-2 on one rank holds 4 (params) + 4 (grads) + 4 (fp32 partition) + 8 (Adam)
     bytes/param: DeepSpeed's mixed-precision estimate 2 + 18 bytes/param totals the same."""
     res = run_isolated(
-        "skipxl.profiling.cli:profile_variant",
+        "skipxl.engine.memory:profile_variant",
         dict(
             preset="tiny",
             variant="baseline",
@@ -110,7 +110,7 @@ def test_profiling_under_zero3():
     """Partitioned parameters (gathered per layer) and the shared u/v biases still train and
     are accounted: parameters are never counted as activations."""
     res = run_isolated(
-        "skipxl.profiling.cli:profile_variant",
+        "skipxl.engine.memory:profile_variant",
         dict(
             preset="tiny",
             variant="combined",

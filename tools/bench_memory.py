@@ -29,7 +29,7 @@ CONFIGS: dict[str, dict[str, Any]] = {
 def main(
     out: str = "runs/memory_bench", only: str = "", steps: int | None = None, engine: str = "deepspeed"
 ) -> None:
-    from skipxl.profiling.cli import run_memory
+    from skipxl.engine.memory import run_memory
 
     out_dir = Path(out)
     out_dir.mkdir(parents=True, exist_ok=True)

@@ -4,8 +4,9 @@
 Both sides train the *same* TransformerXL (same config, same init, same synthetic Zipf-like
 token stream, same Adam + cosine LambdaLR + clip 0.25, one memory carried across steps):
 
-* ``engine``: ``skipxl.engine.train.build_engine`` + ``engine_step``, i.e. exactly the
-  code ``skipxl train`` runs per optimizer step (DeepSpeed ZeRO config of your choice);
+* ``engine``: ``skipxl.engine.ds_engine.build_engine`` + ``optimizer_step`` with
+  ``skipxl.engine.train.lm_loss``, i.e. exactly the code ``skipxl train`` runs per optimizer
+  step (DeepSpeed ZeRO config of your choice);
 * ``plain``: ``loss.backward(); clip_grad_norm_(0.25); adam.step(); sched.step()``.
 
 Each (shape, side) runs in a fresh process so that peak memory (CUDA max allocated, or peak
@@ -18,6 +19,7 @@ RSS on CPU) is its own. The ratio engine/plain is the engine's overhead.
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import os
 import subprocess
@@ -77,7 +79,9 @@ def worker(args: argparse.Namespace) -> dict:
 
         deepspeed.utils.logger.setLevel(logging.WARNING)
         from skipxl.engine.ds_config import build_ds_config
-        from skipxl.engine.train import build_engine, engine_step
+        from skipxl.engine.ds_engine import build_engine, optimizer_step
+        from skipxl.engine.schedule import make_scheduler
+        from skipxl.engine.train import lm_loss
 
         ds = build_ds_config(
             args.ds_config,
@@ -86,12 +90,21 @@ def worker(args: argparse.Namespace) -> dict:
             world_size=1,
             overrides={"gradient_clipping": 0.25},
         )
-        engine, _ = build_engine(model, tc, ds)
+        optimizer = torch.optim.Adam(
+            model.parameters(),
+            lr=tc.lr,
+            betas=tuple(tc.adam_betas),
+            eps=tc.adam_eps,
+            weight_decay=tc.weight_decay,
+        )
+        scheduler = make_scheduler(optimizer, tc)
+        engine = build_engine(model, optimizer, ds, scheduler, skip_single_process_allreduce=True)
         mems = [None]
 
         def step(x, y):
-            plan = engine.module.draw_plan()
-            loss, _ = engine_step(engine, [(x, y)], mems, plan, device=device)
+            (loss,) = optimizer_step(
+                engine, [(x, y)], functools.partial(lm_loss, engine, mems, None, device=device)
+            )
             return loss
     else:
         from skipxl.engine.schedule import make_scheduler

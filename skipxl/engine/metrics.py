@@ -189,7 +189,7 @@ class StepWindow:
 
     def add(self, loss: Any, plan: Any, lr: float) -> None:
         """One step: its mean loss (a 0-d tensor), its :class:`~skipxl.model.StepPlan`, its lr."""
-        import torch
+        from skipxl.model.heads import identity_index
 
         self.step_losses.append(loss)
         self.steps += 1
@@ -198,7 +198,7 @@ class StepWindow:
             self.skips = [c + int(s) for c, s in zip(self.skips, plan.skip, strict=True)]
         if plan.head_index is not None:
             idx = plan.head_index
-            ident = torch.arange(idx.size(1)).expand_as(idx)  # [n_layer, H]
+            ident = identity_index(idx.size(1)).expand_as(idx)  # [n_layer, H]
             self.swaps += float((idx != ident).float().mean())
             self.swap_steps += 1
 

@@ -29,7 +29,7 @@ from typing import Any
 from skipxl.engine.config import EvalConfig, RunConfig, TrainConfig
 from skipxl.engine.dlt_config import AgentConfig, DLTConfig
 from skipxl.engine.flags import coerce, unknown_flag
-from skipxl.engine.variants import VARIANTS, apply_variant, check_variant, uses_dlt, uses_skip
+from skipxl.engine.variants import apply_variant, check_variant, uses_dlt, uses_skip
 from skipxl.errors import SkipxlError
 
 # Built-in corpus with the tiny model: seconds per hundred steps on a laptop CPU.
@@ -164,7 +164,6 @@ _DLT_FLAGS = {
     "dlt_lr": ("dlt_agent", "lr"),
     "dlt_seed": ("dlt_agent", "seed"),
 }
-_RUNTIME_FLAGS = ("resume", "stop_at_step", "progress", "local_rank", "dry_run")
 
 
 def _hints(cls: type) -> dict[str, Any]:
@@ -411,7 +410,3 @@ def _apply_overrides(cfg: RunConfig, flags: dict[str, Any]) -> RunConfig:
     train = dataclasses.replace(cfg.train, **train_changes)
     out = coerce("out", flags["out"], str) if "out" in flags else cfg.out_dir
     return dataclasses.replace(cfg, train=train, out_dir=out)
-
-
-def variants() -> list[str]:
-    return list(VARIANTS)

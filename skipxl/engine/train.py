@@ -65,7 +65,7 @@ from skipxl.errors import SkipxlError
 from skipxl.model import Memory, StepPlan
 from skipxl.profiling import MemoryProfiler
 
-__all__ = ["TrainResult", "TrainState", "Trainer", "seed_everything", "train", "training_policies"]
+__all__ = ["TrainResult", "TrainState", "Trainer", "lm_loss", "seed_everything", "train", "training_policies"]
 
 
 @dataclass
@@ -293,14 +293,6 @@ class Trainer:
             self.state.mems = [None] * self.accum
         return micro_batches
 
-    def _micro_loss(self, plan: StepPlan, a: int, batch: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
-        inputs, targets = batch
-        out = self.engine(
-            inputs.to(self.device), targets=targets.to(self.device), mems=self.state.mems[a], plan=plan
-        )
-        self.state.mems[a] = out.mems
-        return out.loss
-
     def _before_optimizer_step(self, plan: StepPlan, want_grad_norm: bool) -> None:
         self.policies.before_optimizer_step(self.state.step, plan)
         if want_grad_norm:  # DeepSpeed does not keep it at stage 0 fp32
@@ -315,7 +307,7 @@ class Trainer:
         losses = optimizer_step(
             self.engine,
             micro_batches,
-            functools.partial(self._micro_loss, plan),
+            functools.partial(lm_loss, self.engine, self.state.mems, plan, device=self.device),
             functools.partial(self._before_optimizer_step, plan, want_norm),
         )
         step_loss = torch.zeros((), device=self.device, dtype=torch.float32)
@@ -506,6 +498,25 @@ def train(
         return trainer.fit(stop_at_step)
     finally:
         trainer.close()
+
+
+def lm_loss(
+    model: Any,
+    mems: list[Memory | None],
+    plan: StepPlan | None,
+    a: int,
+    batch: tuple[torch.Tensor, torch.Tensor],
+    device: torch.device | str | None = None,
+) -> torch.Tensor:
+    """The loss of micro-step ``a`` (``batch = (input [b, T], target [b, T])``); the memory of its
+    streams moves on in place (``mems[a]``). The step function of LM training, the memory
+    profiler and the benchmarks (with :func:`~skipxl.engine.ds_engine.optimizer_step`)."""
+    inputs, targets = batch
+    if device is not None:
+        inputs, targets = inputs.to(device), targets.to(device)
+    out = model(inputs, targets=targets, mems=mems[a], plan=plan)
+    mems[a] = out.mems
+    return out.loss
 
 
 def _log_due(step: int, tc: Any) -> bool:

@@ -19,19 +19,25 @@ from the ds config (``"auto"``: ``cpu`` on CPU, ``zero2_bf16`` on GPU).
 
 from __future__ import annotations
 
+import functools
 import math
-import random
 import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 
 from skipxl.config_io import save_json, to_dict
-from skipxl.engine.distributed import ensure_accelerator_env, ensure_launch_env
+from skipxl.engine.distributed import (
+    all_reduce,
+    collective_device,
+    ensure_accelerator_env,
+    ensure_launch_env,
+    seed_everything,
+)
 from skipxl.engine.ds_config import build_ds_config, precision_of, resolve_batch, zero_stage_of
+from skipxl.engine.ds_engine import build_engine, optimizer_step
 from skipxl.errors import SkipxlError, require
 from skipxl.glue.metrics import compute_metrics
 from skipxl.glue.runlog import RESULT_FILE, RunLogger, build_meta, write_marker
@@ -126,13 +132,6 @@ def linear_warmup_decay(warmup_steps: int, total_steps: int):
     return factor
 
 
-def seed_everything(seed: int) -> None:
-    """Seed python, numpy and torch (all devices) with one integer."""
-    random.seed(seed)
-    np.random.seed(seed % 2**32)
-    torch.manual_seed(seed)
-
-
 def resolve_ds_name(name: str) -> str:
     """``"auto"`` -> ``cpu`` on CPU, ``zero2_bf16`` on a GPU; anything else unchanged."""
     if name != "auto":
@@ -204,6 +203,15 @@ def param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict[str, 
     return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
 
 
+def micro_loss(
+    engine: Any, data: Encoded, pad_id: int, spec: TaskSpec, a: int, indices: list[int]
+) -> torch.Tensor:
+    """The loss of one micro-batch (the rows ``indices`` of ``data``)."""
+    batch = {k: v.to(engine.device) for k, v in collate(data, indices, pad_id, spec.is_regression).items()}
+    labels = batch.pop("labels")
+    return loss_of(engine(**batch).logits, labels, spec.is_regression)
+
+
 @torch.no_grad()
 def predict(engine: Any, data: Encoded, spec: TaskSpec, pad_id: int, batch_size: int) -> list[int | float]:
     """Predictions in example order; batches are length-sorted to limit padding."""
@@ -241,8 +249,6 @@ def finetune(cfg: FinetuneConfig, run_dir: str | Path) -> dict[str, Any]:
     t_start = time.time()
     ensure_accelerator_env()
     world = ensure_launch_env()
-    import deepspeed
-
     from skipxl.glue.model import load_classifier, load_tokenizer
 
     run_dir = Path(run_dir)
@@ -296,9 +302,7 @@ def finetune(cfg: FinetuneConfig, run_dir: str | Path) -> dict[str, Any]:
     )
     optimizer = torch.optim.AdamW(param_groups(model, cfg.weight_decay), lr=cfg.lr, eps=cfg.adam_eps)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, linear_warmup_decay(warmup_steps, total_steps))
-    engine, _, _, _ = deepspeed.initialize(
-        model=model, optimizer=optimizer, lr_scheduler=scheduler, config=ds_cfg
-    )
+    engine = build_engine(model, optimizer, ds_cfg, scheduler)
     torch.manual_seed(cfg.init_seed)  # the dropout stream starts from the init seed, whatever ran before
 
     main = world.is_main
@@ -343,21 +347,17 @@ def finetune(cfg: FinetuneConfig, run_dir: str | Path) -> dict[str, Any]:
         perm = torch.randperm(len(train), generator=order_gen).tolist()  # same order on every rank
         for s in range(steps_per_epoch):
             chunk = perm[s * cfg.batch_size : (s + 1) * cfg.batch_size]
+            # rank r, micro step a: a fixed slice of the global batch
+            slices = [chunk[(a * world.world_size + world.rank) * micro :][:micro] for a in range(accum)]
+            # DeepSpeed steps optimizer + LambdaLR at the accumulation boundary
+            losses = optimizer_step(
+                engine, slices, functools.partial(micro_loss, engine, train, pad_id, spec)
+            )
             step_loss = 0.0
-            for a in range(accum):  # rank r, micro step a: a fixed slice of the global batch
-                lo = (a * world.world_size + world.rank) * micro
-                batch = {
-                    k: v.to(engine.device)
-                    for k, v in collate(train, chunk[lo : lo + micro], pad_id, spec.is_regression).items()
-                }
-                labels = batch.pop("labels")
-                loss = loss_of(engine(**batch).logits, labels, spec.is_regression)
-                engine.backward(loss)
-                engine.step()  # DeepSpeed steps optimizer + LambdaLR at the accumulation boundary
-                step_loss += float(loss.detach()) / accum
+            for loss in losses:
+                step_loss += float(loss) / accum
             if world.world_size > 1:
-                t = torch.tensor([step_loss], device=engine.device)
-                torch.distributed.all_reduce(t)
+                t = all_reduce(torch.tensor([step_loss], device=collective_device(engine.device)))
                 step_loss = float(t) / world.world_size
             if not math.isfinite(step_loss):
                 logger.close()

@@ -10,7 +10,9 @@ a Transformer-XL. This package measures it:
 * :mod:`~skipxl.profiling.estimate`: the analytic activation bytes of a step;
 * :mod:`~skipxl.profiling.profiler`: :class:`MemoryProfiler`, off by default, per-step
   records to TensorBoard and JSON;
-* :mod:`~skipxl.profiling.cli`: ``skipxl memory`` (imported lazily; it pulls in the model).
+
+The ``skipxl memory`` command that trains the variants under the profiler through DeepSpeed is
+:mod:`skipxl.engine.memory`: this package sits below the engine and imports none of it.
 """
 
 from skipxl.profiling.estimate import ActivationEstimate, DTypeRule, estimate_step, layer_bytes

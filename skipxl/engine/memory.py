@@ -21,11 +21,16 @@ config, seed and data:
    than ``peak_tolerance`` in process peak (only compared when measured fairly: isolated
    processes or CUDA).
 
+The plans come from the same training policies as in training (:mod:`skipxl.engine.policies`)
+and the DeepSpeed engine from the same builder and step function (:mod:`skipxl.engine.ds_engine`);
+the memory accounting itself is :mod:`skipxl.profiling` (below the engine: it knows no DeepSpeed).
+
 Dynamic Layer Tying (arXiv 2401.12819; ``--variants baseline,dlt``) saves model states, not
 activations: a tied layer owns no parameter, gradient or optimizer state, so the states table
 shows the saving per rank next to the baseline (``x total``). The tying state profiled is the
 method's start (every layer tied to layer 0) or ``--tying_state 0,1,1,3,...`` (e.g. the
-``dlt.sources`` a training run wrote to its ``results.json``).
+``dlt.sources`` a training run wrote to its ``results.json``); it stays fixed while profiling,
+so the DLT training policy (which changes it) is not run here.
 """
 
 from __future__ import annotations
@@ -39,7 +44,14 @@ from typing import Any
 import torch
 
 from skipxl.config_io import save_json
+from skipxl.engine.distributed import ensure_accelerator_env, ensure_launch_env
+from skipxl.engine.ds_config import build_ds_config, zero_stage_of
+from skipxl.engine.ds_engine import build_engine, optimizer_step
+from skipxl.engine.policies import paper_policies
+from skipxl.engine.train import lm_loss
+from skipxl.engine.variants import apply_variant, check_variant, uses_cross_head, uses_dlt, uses_skip
 from skipxl.errors import SkipxlError
+from skipxl.model import Memory, StepPlan
 from skipxl.profiling.peak import run_isolated
 from skipxl.profiling.profiler import MemoryProfiler, layer_scope_name
 
@@ -62,8 +74,8 @@ def synthetic_stream(n_token: int, batch: int, length: int, seed: int, exponent:
     return flat.view(batch, length)  # [B, L]
 
 
-def build_model(cfg: Any, variant: str) -> torch.nn.Module:
-    """The model of one variant (a seam for tests that inject extra memory)."""
+def build_model(cfg: Any) -> torch.nn.Module:
+    """The model of one variant's config (a seam for tests that inject extra memory)."""
     from skipxl.model import TransformerXL
 
     return TransformerXL(cfg)
@@ -78,7 +90,6 @@ def variant_config(
     skip_options: dict[str, Any] | None = None,
 ) -> Any:
     """The preset with ``overrides`` and the variant's methods switched on."""
-    from skipxl.engine.variants import apply_variant, uses_cross_head, uses_skip
     from skipxl.model import get_preset
 
     base = get_preset(preset, **(overrides or {}))
@@ -117,7 +128,7 @@ def profile_variant(
     )
     tokens = synthetic_stream(cfg.n_token, batch, steps * cfg.tgt_len + 1, seed)  # [B, S*T+1]
     torch.manual_seed(seed)
-    model = build_model(cfg, variant).to(dev)
+    model = build_model(cfg).to(dev)
     tying = getattr(model.layers, "tying", None)
     if tying is not None and tying_state is not None:
         tying.apply(tying_state)  # a fixed state: every ZeRO stage flattens what exists now
@@ -136,25 +147,23 @@ def profile_variant(
     else:
         raise SkipxlError(f"engine must be 'deepspeed' or 'torch', got {engine!r}")
     module.train()
+    policies = paper_policies(cfg)  # the variant's draws (phase 1 throughout), as in training
     prof = MemoryProfiler(enabled=True, per_layer=per_layer).attach(runner)
-    mems = None
+    mems: list[Memory | None] = [None]
     t = cfg.tgt_len
     for s in range(steps):
         # Own storages, as a data loader delivers them (a view would keep the whole stream alive
         # in the saved-tensor count).
         inputs = tokens[:, s * t : (s + 1) * t].clone().to(dev)  # [B, T]
         targets = tokens[:, s * t + 1 : (s + 1) * t + 1].clone().to(dev)  # [B, T]
-        out = runner(inputs, targets=targets, mems=mems)
+        step_loss = functools.partial(lm_loss, runner, mems, policies.plan(s, StepPlan()))
         if engine == "deepspeed":
-            runner.backward(out.loss)
-            runner.step()
+            optimizer_step(runner, [(inputs, targets)], step_loss)
         else:
-            out.loss.backward()
+            step_loss(0, (inputs, targets)).backward()
             prof.measure_states(model, optimizer)
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)
-        mems = out.mems
-        del out
         prof.flush()
     prof.close()
     return {
@@ -174,24 +183,10 @@ def profile_variant(
 def _deepspeed_engine(
     model: torch.nn.Module, optimizer: Any, ds_config: str, batch: int
 ) -> tuple[Any, int, int]:
-    from skipxl.engine.distributed import ensure_accelerator_env, ensure_launch_env
-
     world = ensure_launch_env()
     ensure_accelerator_env()
-    import deepspeed
-
-    from skipxl.engine.ds_config import build_ds_config, zero_stage_of
-
     cfg = build_ds_config(ds_config, micro_batch=batch, grad_accum=1, world_size=world.world_size)
-    engine, _, _, _ = deepspeed.initialize(model=model, optimizer=optimizer, config=cfg)
-    if zero_stage_of(cfg) == 3:
-        # The u/v biases belong to the model but are used inside every layer: ZeRO-3 must
-        # gather them for each layer's forward and backward, not only the model's.
-        for layer in getattr(engine.module, "layers", ()):
-            for name in ("r_w_bias", "r_r_bias"):
-                if hasattr(engine.module, name):
-                    deepspeed.zero.register_external_parameter(layer, getattr(engine.module, name))
-    return engine, zero_stage_of(cfg), world.world_size
+    return build_engine(model, optimizer, cfg), zero_stage_of(cfg), world.world_size
 
 
 # ----------------------------------------------------------------------------- summaries
@@ -425,7 +420,6 @@ def plot(
 
 
 def _parse_variants(variants: str | Sequence[str]) -> list[str]:
-    from skipxl.engine.variants import check_variant
 
     if isinstance(variants, str):
         names = [v.strip() for v in variants.split(",")]
@@ -502,8 +496,6 @@ def run_memory(
         the report dict (also written to ``out/memory.json``). Raises ``SystemExit(1)``
         when a variant exceeds the tolerance.
     """
-    from skipxl.engine.variants import uses_dlt
-
     names = _parse_variants(variants)
     if steps < 1 or batch < 1:
         raise SkipxlError(f"steps and batch must be >= 1 (got steps={steps}, batch={batch})")
@@ -545,7 +537,7 @@ def run_memory(
             tying_state=sources if uses_dlt(name) else None,
         )
         if isolate:
-            results[name] = run_isolated("skipxl.profiling.cli:profile_variant", kwargs)
+            results[name] = run_isolated("skipxl.engine.memory:profile_variant", kwargs)
         else:
             results[name] = profile_variant(**kwargs)
         print(f"[memory] {name}: {steps} steps done", flush=True)
@@ -610,7 +602,7 @@ def _finite(obj: Any) -> Any:
 
 
 def main() -> None:
-    """``python -m skipxl.profiling.cli --preset tiny ...``"""
+    """``python -m skipxl.engine.memory --preset tiny ...``"""
     import fire
 
     try:
