@@ -61,6 +61,18 @@ def test_dlt_resumes_mid_episode_bitwise(tmp_path) -> None:
     assert (tmp_path / "t.png").stat().st_size > 1000
     assert main(["tying", str(tmp_path / "nowhere")]) == 2  # one error line, no traceback
 
+    # skipxl eval / export rebuild the trained tying state from the checkpoint
+    from skipxl.engine.checkpoint import export, load_exported
+    from skipxl.engine.evaluate import evaluate_run
+
+    row = evaluate_run(
+        str(tmp_path / "full"), split="valid", overrides={}, max_batches=2, tag=None, device="cpu"
+    )
+    losses = [v for k, v in row.items() if k.endswith("loss")]
+    assert losses and all(0 < v < 20 for v in losses), row
+    model = load_exported(export(tmp_path / "full"))
+    assert list(model.layers.tying.sources) == results["dlt"]["sources"]
+
 
 @pytest.mark.parametrize("ds_config", ["cpu_zero1", "cpu_zero3"])
 def test_dlt_refuses_zero_stages_that_flatten_parameters(tmp_path, ds_config) -> None:
