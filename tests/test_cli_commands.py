@@ -178,7 +178,8 @@ def test_recipe_help_and_bad_variant_through_the_script():
     res = run_recipe("text8", "--corpus", "builtin", "--variant", "skip")
     assert res.returncode == 2
     assert res.stderr.strip().splitlines() == [
-        "error: unknown --variant 'skip'; choose one of baseline, skip_retain, cross_head, combined"
+        "error: unknown --variant 'skip'; choose one of baseline, skip_retain, cross_head, combined, "
+        "dlt, skip_retain_dlt, cross_head_dlt, combined_dlt"
     ]
 
 

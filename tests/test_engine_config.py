@@ -167,9 +167,10 @@ def test_phase_disabled_for_variants_without_skip():
 
 def test_variants_set_exactly_their_methods():
     base = get_preset("tiny", n_token=30)
-    for name, (skip_on, cross_on) in VARIANTS.items():
+    for name, (skip_on, cross_on, dlt_on) in VARIANTS.items():
         cfg = apply_variant(base, name)
         assert (cfg.skip is not None, cfg.cross_head is not None) == (skip_on, cross_on)
+        assert (cfg.tying is not None) == dlt_on
     combined = apply_variant(base, "combined")
     assert combined.skip == SkipRetainConfig() and combined.cross_head == CrossHeadConfig()
 
