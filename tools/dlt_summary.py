@@ -26,6 +26,7 @@ def collect(out: Path) -> list[dict]:
     runs = []
     for run in sorted(p for p in out.iterdir() if (p / "results.json").is_file()):
         res = json.loads((run / "results.json").read_text())
+        n_layer = json.loads((run / "config.json").read_text())["model"]["n_layer"]
         dlt = res.get("dlt", {})
         b = dlt.get("bytes", {})
         runs.append(
@@ -34,7 +35,7 @@ def collect(out: Path) -> list[dict]:
                 "variant": res["variant"],
                 "val_ppl": res["final_val/ppl"],
                 "test_ppl": res["test/ppl"],
-                "own_layers": dlt.get("independent_layers", res.get("n_layer")),
+                "own_layers": dlt.get("independent_layers", n_layer),
                 "trainable": dlt.get("trainable_params", res["n_params"]),
                 "states_mib": (b["params"] + b["grads"] + b["optimizer"]) / 2**20 if b else float("nan"),
                 "peak_mib": _peak(run) / 2**20,
