@@ -96,3 +96,14 @@ def test_two_ranks_take_the_same_actions(tmp_path) -> None:
     rank0, rank1 = out["actions"]
     assert len(rank0) == 13 and rank0 == rank1  # layer, action, reward and Q-loss on every action
     assert len({a[2] for a in rank0[1:]}) > 1  # the rewards vary (the agent learns from something)
+
+
+def test_dlt_composes_with_skip_retain_and_cross_head_on_a_memoryless_lm(tmp_path) -> None:
+    cfg = tiny_config(tmp_path / "c", variant="combined_dlt", steps=6, mem_len=0, **DLT_FLAGS)
+    assert cfg.model.mem_len == 0 and cfg.model.skip is not None and cfg.model.cross_head is not None
+    result = train(cfg, progress=False)
+    assert result.finished and len(result.losses) == 6
+    results = json.loads((tmp_path / "c" / rd.RESULTS).read_text())
+    assert {"dlt", "phase"} <= set(results) and len(results["dlt"]["history"]) == 4
+    meta = json.loads((tmp_path / "c" / "meta.json").read_text())
+    assert meta["policies"] == ["skip_retain", "cross_head", "dlt"]
