@@ -80,7 +80,7 @@ def worker(args: argparse.Namespace) -> dict:
         deepspeed.utils.logger.setLevel(logging.WARNING)
         from skipxl.engine.ds_config import build_ds_config
         from skipxl.engine.ds_engine import build_engine, optimizer_step
-        from skipxl.engine.schedule import make_scheduler
+        from skipxl.engine.schedule import make_optimizer
         from skipxl.engine.train import lm_loss
 
         ds = build_ds_config(
@@ -90,14 +90,7 @@ def worker(args: argparse.Namespace) -> dict:
             world_size=1,
             overrides={"gradient_clipping": 0.25},
         )
-        optimizer = torch.optim.Adam(
-            model.parameters(),
-            lr=tc.lr,
-            betas=tuple(tc.adam_betas),
-            eps=tc.adam_eps,
-            weight_decay=tc.weight_decay,
-        )
-        scheduler = make_scheduler(optimizer, tc)
+        optimizer, scheduler = make_optimizer(model.parameters(), tc)
         engine = build_engine(model, optimizer, ds, scheduler, skip_single_process_allreduce=True)
         mems = [None]
 

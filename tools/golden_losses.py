@@ -123,6 +123,15 @@ def record() -> dict[str, Any]:
     return {"train": {name: train_case(name) for name in TRAIN_CASES}, "draws": draws()}
 
 
+def dump(numbers: dict[str, Any]) -> str:
+    """JSON with one line per case (floats as Python's repr: they load back bit for bit)."""
+    groups = []
+    for group, cases in numbers.items():
+        rows = ",\n".join(f"  {json.dumps(name)}: {json.dumps(case)}" for name, case in cases.items())
+        groups.append(f"{json.dumps(group)}: {{\n{rows}\n }}")
+    return "{\n " + ",\n ".join(groups) + "\n}\n"
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--write", action="store_true", help=f"write {GOLDEN.relative_to(REPO)}")
@@ -130,7 +139,7 @@ def main() -> int:
     got = record()
     if args.write:
         GOLDEN.parent.mkdir(parents=True, exist_ok=True)
-        GOLDEN.write_text(json.dumps(got, indent=1) + "\n")
+        GOLDEN.write_text(dump(got))
         print(f"wrote {GOLDEN}")
         return 0
     want = json.loads(GOLDEN.read_text())

@@ -35,6 +35,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from skipxl.engine import run_dir as rd
 from skipxl.engine.distributed import barrier as _barrier
 from skipxl.errors import SkipxlError
 
@@ -306,9 +307,9 @@ def export(run_dir: Path, *, tag: str | None = None, out: Path | None = None) ->
     from skipxl.config_io import load_json, save_json
 
     run_dir = Path(run_dir)
-    config = load_json(run_dir / "config.json")
-    state = fp32_state_dict(run_dir / "checkpoints", tag)
-    out = Path(out) if out is not None else run_dir / "export"
+    config = load_json(run_dir / rd.CONFIG)
+    state = fp32_state_dict(run_dir / rd.CHECKPOINTS, tag)
+    out = Path(out) if out is not None else run_dir / rd.EXPORT
     out.mkdir(parents=True, exist_ok=True)
     tmp = out / "model.pt.tmp"
     torch.save(state, tmp)
@@ -320,7 +321,7 @@ def export(run_dir: Path, *, tag: str | None = None, out: Path | None = None) ->
             "variant": config.get("variant"),
             "preset": config.get("preset"),
             "source_run": str(run_dir.resolve()),
-            "checkpoint": resolve_tag(run_dir / "checkpoints", tag),
+            "checkpoint": resolve_tag(run_dir / rd.CHECKPOINTS, tag),
         },
         out / "config.json",
     )

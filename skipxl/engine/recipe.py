@@ -29,6 +29,7 @@ from typing import Any
 from skipxl.engine.config import EvalConfig, RunConfig, TrainConfig
 from skipxl.engine.dlt_config import AgentConfig, DLTConfig
 from skipxl.engine.flags import coerce, unknown_flag
+from skipxl.engine.run_dir import CONFIG
 from skipxl.engine.variants import apply_variant, check_variant, uses_dlt, uses_skip
 from skipxl.errors import SkipxlError
 
@@ -383,7 +384,7 @@ def run(
         extra = sorted(k for k, v in flags.items() if v is not None and k != "recipe")
         if extra:
             raise SkipxlError(f"--resume continues the run with its stored configuration; drop {extra}")
-        cfg_path = Path(str(out)) / "config.json"
+        cfg_path = Path(str(out)) / CONFIG
         cfg = run_config_from_dict(load_json(cfg_path))
         cfg = dataclasses.replace(cfg, out_dir=str(out))
     elif config is not None:

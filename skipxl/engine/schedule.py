@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 
@@ -68,3 +69,14 @@ def make_scheduler(optimizer: torch.optim.Optimizer, cfg: TrainConfig) -> torch.
     """A ``LambdaLR`` following :func:`lr_at` for ``cfg``."""
     factor = LrFactor(cfg.lr, cfg.max_steps, cfg.warmup_steps, cfg.eta_min, cfg.scheduler)
     return torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda=factor)
+
+
+def make_optimizer(
+    params: Any, cfg: TrainConfig
+) -> tuple[torch.optim.Optimizer, torch.optim.lr_scheduler.LambdaLR]:
+    """The original recipe's plain ``torch.optim.Adam`` (betas, eps, weight decay of ``cfg``) and
+    its :func:`make_scheduler`; DeepSpeed gets both as client objects."""
+    optimizer = torch.optim.Adam(
+        params, lr=cfg.lr, betas=tuple(cfg.adam_betas), eps=cfg.adam_eps, weight_decay=cfg.weight_decay
+    )
+    return optimizer, make_scheduler(optimizer, cfg)

@@ -59,7 +59,7 @@ from skipxl.engine.metrics import (
 )
 from skipxl.engine.phases import PhaseController
 from skipxl.engine.policies import Policies, PolicyEvent, StepMetrics, TrainView, paper_policies
-from skipxl.engine.schedule import make_scheduler
+from skipxl.engine.schedule import make_optimizer
 from skipxl.engine.variants import uses_dlt, uses_skip
 from skipxl.errors import SkipxlError
 from skipxl.model import Memory, StepPlan
@@ -243,14 +243,7 @@ class Trainer:
         model = TransformerXL(self.cfg.model)
         self.n_params = model.num_parameters()
         seed_everything(tc.seed + tc.rank_seed_offset * self.world.rank, tc.deterministic)
-        optimizer = torch.optim.Adam(
-            model.parameters(),
-            lr=tc.lr,
-            betas=tuple(tc.adam_betas),
-            eps=tc.adam_eps,
-            weight_decay=tc.weight_decay,
-        )
-        self.scheduler = make_scheduler(optimizer, tc)
+        optimizer, self.scheduler = make_optimizer(model.parameters(), tc)
         self.engine = build_engine(
             model, optimizer, self.ds_config, self.scheduler, skip_single_process_allreduce=True
         )

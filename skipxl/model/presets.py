@@ -79,7 +79,7 @@ def wt103_sch(n_token: int = 267735, **overrides: Any) -> ModelConfig:
     15 layers, d_model 624, 16 heads x 39, d_inner 2496, adaptive cutoffs
     20000/40000/200000 with div_val 4 and *untied* input/output, tgt = mem = 512,
     dropout 0.15, dropatt 0.0 (``run_wt15_phase_1.sh``). Their eval protocol
-    (tgt 128, mem 640, clamp 800, same_length) is set with ``reset_context``.
+    (tgt 128, mem 640, clamp 800, same_length) is the run's ``EvalConfig`` (a ``Context`` per forward).
     """
     base = dict(
         n_token=n_token, n_layer=15, n_head=16, d_model=624, d_head=39, d_inner=2496,
