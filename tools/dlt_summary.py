@@ -46,6 +46,8 @@ def collect(out: Path) -> list[dict]:
 
 
 def _ms(xs: list[float]) -> str:
+    if any(x != x for x in xs):  # NaN: not measured for this variant
+        return "-"
     if len(xs) == 1:
         return f"{xs[0]:.2f}"
     return f"{statistics.mean(xs):.2f} ± {statistics.stdev(xs):.2f}"
