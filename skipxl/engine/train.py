@@ -275,6 +275,11 @@ def train(
     from skipxl.model import TransformerXL
 
     model = TransformerXL(model_cfg)
+    # --- issue 12 hook: torch.compile (skipxl/model/compile.py), in place, names unchanged ---
+    from skipxl.model.compile import compile_model
+
+    model = compile_model(model, tc.compile)
+    # --- end of the issue 12 hook ---
     n_params = model.num_parameters()
     rank_seed = tc.seed + tc.rank_seed_offset * world.rank
     seed_everything(rank_seed, tc.deterministic)

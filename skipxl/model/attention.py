@@ -41,7 +41,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from skipxl.errors import require
+from skipxl.errors import SkipxlError, require
 from skipxl.model.attention_kernels import eager_attention, flex_attention_rel, sdpa_attention
 from skipxl.model.config import ATTN_IMPLS, POSITIONS
 from skipxl.model.heads import mix_heads
@@ -157,10 +157,11 @@ class RelPartialLearnableAttention(nn.Module):
             r_k = r_k.index_select(0, pos_index.reshape(-1))  # [K, H, Dh]
             pos_index = None
 
-        if pos_index is None:
-            require(
-                r_k.size(0) == klen,
-                f"contiguous position path needs one position row per key (R={r_k.size(0)}, K={klen})",
+        if pos_index is None and r_k.size(0) != klen:
+            # (the message is built only on failure: formatting a symbolic size under
+            # torch.compile would specialise the graph to it)
+            raise SkipxlError(
+                f"contiguous position path needs one position row per key (R={r_k.size(0)}, K={klen})"
             )
         args = (q, k, v, r_k, r_w_bias, r_r_bias, attn_mask, pos_index, self.positions, self.scale)
         if self.attn_impl == "eager":
