@@ -1,5 +1,5 @@
-"""The fast paths through the engine: ``attn_impl="sdpa"`` and ``compile="layers"`` train and
-evaluate like the eager reference (DeepSpeed on CPU, the built-in corpus)."""
+"""The fast path through the engine: ``attn_impl="sdpa"`` trains like the eager reference
+(DeepSpeed on CPU, the built-in corpus)."""
 
 from __future__ import annotations
 
@@ -20,11 +20,3 @@ def test_sdpa_trains_50_steps_like_eager(tmp_path, variant):
     worst = max(abs(a - b) for a, b in zip(fused.losses, eager.losses, strict=True))
     assert worst <= 1e-4, f"largest loss difference {worst:.2e} over 50 steps"
     assert eager.losses[-1] < eager.losses[0]  # it did train
-
-
-def test_compiled_layers_train_like_eager(tmp_path):
-    kw = dict(steps=3, eval_interval=3, attn_impl="sdpa")
-    eager = train(tiny_config(tmp_path / "eager", **kw), progress=False)
-    compiled = train(tiny_config(tmp_path / "compiled", compile="layers", **kw), progress=False)
-    worst = max(abs(a - b) for a, b in zip(compiled.losses, eager.losses, strict=True))
-    assert worst <= 1e-5, f"largest loss difference {worst:.2e}"

@@ -159,6 +159,13 @@ def worker(args: argparse.Namespace) -> dict:
 
 def cells(args: argparse.Namespace, cuda: bool) -> list[tuple[str, str, str, str]]:
     out = []
+    if args.cells:  # explicit impl:compile:dtype cells for every shape
+        for shape in args.shapes.split(","):
+            for cell in args.cells.split(","):
+                impl, comp, dtype = cell.split(":")
+                if impl != "flex" or cuda:
+                    out.append((shape, impl, comp, dtype))
+        return out
     for shape in args.shapes.split(","):
         for impl in args.impls.split(","):
             if impl == "flex" and not cuda:
@@ -177,6 +184,7 @@ def main() -> None:
     parser.add_argument("--impls", default="eager,sdpa,flex", help="flex is skipped on the CPU (no backward)")
     parser.add_argument("--compile", default="none", help="comma list of none,layers")
     parser.add_argument("--dtypes", default="fp32", help="comma list of fp32,bf16 (bf16 = autocast)")
+    parser.add_argument("--cells", default=None, help="instead of the product: impl:compile:dtype,...")
     parser.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
     parser.add_argument("--steps", type=int, default=3, help="timed steps per cell")
     parser.add_argument("--warmup", type=int, default=2, help="untimed steps (memory fills; compiles)")
@@ -230,7 +238,8 @@ def main() -> None:
 
 
 def render(rows: list[dict], todo: list[tuple[str, str, str, str]]) -> str:
-    """Markdown table of medians over repeats, with ratios to the shape's eager/none/fp32 cell."""
+    """Markdown table of medians over repeats, with ratios to the eager cell without compile of the
+    same shape and dtype."""
 
     def med(cell: tuple[str, str, str, str], key: str) -> float:
         vals = [r[key] for r in rows if (r["shape"], r["impl"], r["compile"], r["dtype"]) == cell]
@@ -247,7 +256,7 @@ def render(rows: list[dict], todo: list[tuple[str, str, str, str]]) -> str:
     ]
     for cell in todo:
         shape = cell[0]
-        ref = (shape, "eager", "none", "fp32")
+        ref = (shape, "eager", "none", cell[3])
         row = next(r for r in rows if (r["shape"], r["impl"], r["compile"], r["dtype"]) == cell)
         tps, peak = med(cell, "tokens_per_s"), med(cell, "peak_MiB")
         has_ref = ref in todo
