@@ -48,6 +48,8 @@ class TrainConfig:
             of: this step, this fraction of ``max_steps``, or ``phase1_patience`` validations
             without an improvement of at least ``phase1_min_delta`` (a plateau). All ``None``
             means phase 1 lasts the whole run. Ignored by variants without Skip-Retain.
+        compile: ``torch.compile`` of the model right after it is built: ``"none"`` or
+            ``"layers"`` (see :mod:`skipxl.model.compile`; no recompilation per step).
         val_tgt_len: segment length of the validations *during* training (the original's
             ``eval_tgt_len``; memory and clamp as in training); None = the training tgt_len.
             The final valid/test scores use :class:`EvalConfig` instead.
@@ -83,6 +85,7 @@ class TrainConfig:
     val_tgt_len: int | None = None
     profile_memory: bool = False
     dlt: DLTConfig | None = None
+    compile: str = "none"
 
     def __post_init__(self) -> None:
         require(self.global_batch >= 1, f"global_batch must be >= 1, got {self.global_batch}")
@@ -135,6 +138,12 @@ class TrainConfig:
         require(
             self.val_tgt_len is None or self.val_tgt_len >= 1,
             f"val_tgt_len must be >= 1 or unset, got {self.val_tgt_len}",
+        )
+        from skipxl.model.compile import COMPILE_MODES
+
+        require(
+            self.compile in COMPILE_MODES,
+            f"compile {self.compile!r} is unknown; choose one of {COMPILE_MODES}",
         )
 
 

@@ -237,10 +237,12 @@ class Trainer:
         """Same initial weights on every rank (ZeRO-3 partitions each rank's own copy), then a
         per-rank stream for dropout; Adam + the lr schedule inside DeepSpeed."""
         from skipxl.model import TransformerXL
+        from skipxl.model.compile import compile_model
 
         tc = self.cfg.train
         seed_everything(tc.seed, tc.deterministic)
         model = TransformerXL(self.cfg.model)
+        model = compile_model(model, tc.compile)  # torch.compile in place (skipxl.model.compile)
         self.n_params = model.num_parameters()
         seed_everything(tc.seed + tc.rank_seed_offset * self.world.rank, tc.deterministic)
         optimizer, self.scheduler = make_optimizer(model.parameters(), tc)

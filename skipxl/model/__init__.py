@@ -6,6 +6,7 @@ See ``docs/DESIGN.md`` for the contracts. Nothing here imports DeepSpeed.
 from skipxl.model.adaptive import AdaptiveEmbedding, ProjectedAdaptiveLogSoftmax
 from skipxl.model.attention import PositionalEmbedding, RelPartialLearnableAttention
 from skipxl.model.config import (
+    ATTN_IMPLS,
     POSITIONS,
     RETAIN_POSITIONS,
     SKIP_SCHEDULES,
@@ -20,6 +21,7 @@ from skipxl.model.presets import PRESETS, get_preset
 from skipxl.model.transformer_xl import LMOutput, StepPlan, TransformerXL
 
 __all__ = [
+    "ATTN_IMPLS",
     "CROSS_HEAD_MODES",
     "POSITIONS",
     "PRESETS",

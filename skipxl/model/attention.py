@@ -24,6 +24,10 @@ Position paths (the position term only; the content term is the same everywhere)
   index selects each key's row of the projected table before the product (not a gather of
   the scores), so the layer keeps ``K`` positional keys, as on the contiguous path.
 
+Kernels (``attn_impl``, :mod:`skipxl.model.attention_kernels`): ``eager`` (the reference,
+three einsums), ``sdpa`` (``scaled_dot_product_attention`` with the position term as a
+bias) and ``flex`` (FlexAttention reading the position table by distance); same numbers.
+
 Cross-head attention (arXiv 2311.08123): an optional head index ``[H]`` gathers the heads
 of the content keys, values and positional keys together
 (:func:`~skipxl.model.heads.mix_heads`); the u/v biases stay with the query head.
@@ -37,9 +41,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from skipxl.errors import require
-from skipxl.model.config import POSITIONS
-from skipxl.model.functional import rel_shift
+from skipxl.errors import SkipxlError, require
+from skipxl.model.attention_kernels import eager_attention, flex_attention_rel, sdpa_attention
+from skipxl.model.config import ATTN_IMPLS, POSITIONS
 from skipxl.model.heads import mix_heads
 
 
@@ -81,9 +85,17 @@ class RelPartialLearnableAttention(nn.Module):
         dropatt: float = 0.0,
         pre_lnorm: bool = False,
         positions: str = "relative",
+        attn_impl: str = "eager",
     ) -> None:
         super().__init__()
         require(positions in POSITIONS, f"positions {positions!r} is unknown; choose one of {POSITIONS}")
+        require(attn_impl in ATTN_IMPLS, f"attn_impl {attn_impl!r} is unknown; choose one of {ATTN_IMPLS}")
+        require(
+            attn_impl == "eager" or dropatt == 0.0,
+            f"attn_impl={attn_impl!r} cannot apply dropatt={dropatt} exactly; "
+            "use attn_impl='eager' or dropatt=0",
+        )
+        self.attn_impl = attn_impl
         self.n_head, self.d_model, self.d_head = n_head, d_model, d_head
         self.pre_lnorm = pre_lnorm
         self.positions = positions
@@ -145,23 +157,19 @@ class RelPartialLearnableAttention(nn.Module):
             r_k = r_k.index_select(0, pos_index.reshape(-1))  # [K, H, Dh]
             pos_index = None
 
-        ac = torch.einsum("bihd,bjhd->bhij", q + r_w_bias, k)  # [B, H, T, K]
-        bd = torch.einsum("bihd,jhd->bhij", q + r_r_bias, r_k)  # [B, H, T, R] (K when selected)
-        if pos_index is None:
-            require(
-                r_k.size(0) == klen,
-                f"contiguous position path needs one position row per key (R={r_k.size(0)}, K={klen})",
+        if pos_index is None and r_k.size(0) != klen:
+            # (the message is built only on failure: formatting a symbolic size under
+            # torch.compile would specialise the graph to it)
+            raise SkipxlError(
+                f"contiguous position path needs one position row per key (R={r_k.size(0)}, K={klen})"
             )
-            if self.positions == "relative":
-                bd = rel_shift(bd)  # [B, H, T, K]: row of distance (M + i) - j
+        args = (q, k, v, r_k, r_w_bias, r_r_bias, attn_mask, pos_index, self.positions, self.scale)
+        if self.attn_impl == "eager":
+            vec = eager_attention(*args, dropatt=self.dropatt)  # [B, T, H, Dh]
+        elif self.attn_impl == "sdpa":
+            vec = sdpa_attention(*args)  # [B, T, H, Dh]
         else:
-            bd = bd.gather(-1, pos_index.expand(bsz, h, qlen, klen))  # [B, H, T, K]
-
-        score = ac.float().add_(bd.float()).mul_(self.scale)  # [B, H, T, K] fp32
-        score = score.masked_fill(attn_mask, float("-inf"))  # [B, H, T, K]
-        prob = torch.softmax(score, dim=-1).to(v.dtype)  # [B, H, T, K]
-        prob = self.dropatt(prob)
-        vec = torch.einsum("bhij,bjhd->bihd", prob, v)  # [B, T, H, Dh]
+            vec = flex_attention_rel(*args)  # [B, T, H, Dh]
         out = self.drop(self.o_net(vec.reshape(bsz, qlen, h * dh)))  # [B, T, D]
         if self.pre_lnorm:
             return x + out

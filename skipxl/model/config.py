@@ -31,6 +31,24 @@ RETAIN_POSITIONS = ("true", "contiguous")
 of every memory slot (the paper's Skip-Retain); ``"contiguous"`` = pretend the memory
 is adjacent to the current segment (ablation)."""
 
+ATTN_IMPLS = ("eager", "sdpa", "flex")
+"""How the attention scores are turned into the attended values (same numbers, different kernels).
+
+* ``"eager"``: the original algorithm, kept as the reference: the content and position
+  score tensors are materialised, rel-shifted or gathered, added, soft-maxed in fp32 and
+  multiplied by the values (three einsums).
+* ``"sdpa"``: ``torch.nn.functional.scaled_dot_product_attention`` with ``(q + u)`` as the
+  query and the (shifted or gathered) position term plus the mask as an additive bias; the
+  probabilities are never materialised for backward.
+* ``"flex"``: ``torch.nn.attention.flex_attention`` with ``(q + u)`` as the query and the
+  position term read inside ``score_mod`` from the unshifted ``(q + v) R^T`` table by
+  distance (rel-shift as index arithmetic), masks as block masks. Forward only on the CPU.
+
+The fused paths refuse ``dropatt > 0``: dropout on the attention probabilities needs the
+probabilities, which a fused kernel never materialises, and a fused kernel's own dropout
+draws from a different random stream, so no run could reproduce the eager numbers.
+"""
+
 SKIP_SCHEDULES = ("linear", "constant", "list")
 SKIPPED_GRAD = ("none", "zero")
 INITS = ("normal", "uniform")
@@ -113,6 +131,8 @@ class ModelConfig:
     methods off (the baseline). ``tying`` (:class:`~skipxl.model.tying.TyingConfig`) builds
     the layer stack for Dynamic Layer Tying (arXiv 2401.12819): layers 1..N-1 start tied to
     layer 0; ``None`` = ordinary independent layers.
+    methods off (the baseline). ``attn_impl`` picks the attention kernel (one of
+    :data:`ATTN_IMPLS`); every choice computes the same numbers up to fp32 rounding.
     """
 
     n_token: int
@@ -143,6 +163,7 @@ class ModelConfig:
     cross_head: CrossHeadConfig | None = None
     plan_seed: int = 0
     tying: TyingConfig | None = None
+    attn_impl: str = "eager"
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "cutoffs", tuple(int(c) for c in self.cutoffs))
@@ -195,6 +216,15 @@ class ModelConfig:
                 f"skip probs has {len(self.skip.probs)} entries but the model has "
                 f"{self.n_layer} layers; give one probability per layer",
             )
+        require(
+            self.attn_impl in ATTN_IMPLS,
+            f"attn_impl {self.attn_impl!r} is unknown; choose one of {ATTN_IMPLS}",
+        )
+        require(
+            self.attn_impl == "eager" or self.dropatt == 0.0,
+            f"attn_impl={self.attn_impl!r} cannot apply dropatt={self.dropatt} exactly (a fused kernel "
+            "never materialises the attention probabilities); use attn_impl='eager' or dropatt=0",
+        )
         require(
             isinstance(self.plan_seed, int) and self.plan_seed >= 0,
             f"plan_seed must be an int >= 0, got {self.plan_seed!r}",

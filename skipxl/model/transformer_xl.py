@@ -104,7 +104,14 @@ class DecoderLayer(nn.Module):
     def __init__(self, cfg: ModelConfig) -> None:
         super().__init__()
         self.dec_attn = RelPartialLearnableAttention(
-            cfg.n_head, cfg.d_model, cfg.d_head, cfg.dropout, cfg.dropatt, cfg.pre_lnorm, cfg.positions
+            cfg.n_head,
+            cfg.d_model,
+            cfg.d_head,
+            cfg.dropout,
+            cfg.dropatt,
+            cfg.pre_lnorm,
+            cfg.positions,
+            cfg.attn_impl,
         )
         self.pos_ff = PositionwiseFF(cfg.d_model, cfg.d_inner, cfg.dropout, cfg.pre_lnorm)
 
