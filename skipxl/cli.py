@@ -16,7 +16,6 @@ works on every command (also where a command takes free-form config flags).
 
 from __future__ import annotations
 
-import json
 import os
 import signal
 import sys
@@ -24,6 +23,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from skipxl.config_io import dumps
 from skipxl.errors import SkipxlError
 
 
@@ -36,7 +36,7 @@ def _coerce(name: str, value: Any, tp: Any) -> Any:
 def train(
     recipe: str = "builtin",
     preset: str | None = None,
-    variant: str = "baseline",
+    variant: str | None = None,
     data_dir: str | None = None,
     out: str | None = None,
     ds_config: str | None = None,
@@ -98,10 +98,7 @@ def train(
         beta=beta,
         **overrides,
     )
-    if resume:
-        flags = {k: v for k, v in flags.items() if v is not None and not (k == "variant" and v == "baseline")}
-    else:
-        flags = {k: v for k, v in flags.items() if v is not None or k in ("variant",)}
+    flags = {k: v for k, v in flags.items() if v is not None}  # unset: the recipe's (or --config's) value
     result = run(
         _coerce("recipe", recipe, str),
         resume=resume,
@@ -117,7 +114,7 @@ def train(
         return
     if result.finished:
         print(
-            json.dumps(
+            dumps(
                 {
                     "run_dir": str(result.run_dir),
                     "step": result.step,
@@ -188,7 +185,7 @@ def eval_(
         tag=_coerce("tag", tag, str | None),
         device=_coerce("device", device, str | None),
     )
-    print(json.dumps(row, indent=2, sort_keys=True))
+    print(dumps(row, indent=2, sort_keys=True))
 
 
 def compare(*run_dirs: str, png: str | None = None, group: bool = False) -> None:
@@ -236,7 +233,7 @@ def data_prepare(
         **options,
     }
     summary = prepare(from_dict(DataConfig, fields), rebuild=_coerce("rebuild", rebuild, bool))
-    print(json.dumps(summary, indent=2, sort_keys=True, default=str))
+    print(dumps(summary, indent=2, sort_keys=True, default=str))
 
 
 def export(run_dir: str, tag: str | None = None, out: str | None = None) -> None:
@@ -344,6 +341,54 @@ def _command_words() -> set[str]:
     return words
 
 
+def check_flags(fn: Any, argv: Sequence[str], what: str) -> None:
+    """Refuse a ``--flag`` that ``fn`` does not take, before fire calls it.
+
+    fire calls a function with the flags it can bind and only *then* complains about the
+    rest ("Could not consume arg"), after the work is done; a function that takes
+    ``**kwargs`` checks its own flags (see :mod:`skipxl.engine.flags`).
+    """
+    import inspect
+
+    from skipxl.engine.flags import unknown_flag
+
+    params = inspect.signature(fn).parameters
+    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
+        return
+    names = set(params)
+    for arg in argv:
+        if arg == "--":
+            break
+        if not arg.startswith("--") or arg in ("--help",):
+            continue
+        name = arg[2:].partition("=")[0].replace("-", "_")
+        if name not in names and not (name.startswith("no") and name[2:] in names):
+            raise unknown_flag(name, names, what)
+
+
+def fire_command(component: Any, argv: Sequence[str], name: str) -> None:
+    """``fire.Fire`` with fire's own errors as one ``error: ...`` line (not ``ERROR:`` + usage)."""
+    from unittest import mock
+
+    import fire
+
+    def display_error(trace: Any) -> None:
+        print(f"error: {trace.elements[-1].ErrorAsStr()}; see `{name} --help`", file=sys.stderr)
+
+    with mock.patch.object(fire.core, "_DisplayError", display_error):
+        fire.Fire(component, command=list(argv), name=name)
+
+
+def _target(argv: list[str]) -> tuple[Any, list[str], str]:
+    """The function ``argv`` runs, the arguments it gets and its command name."""
+    node: Any = COMMANDS
+    words = []
+    while isinstance(node, dict) and argv and argv[0] in node:
+        words.append(argv[0])
+        node = node[argv.pop(0)]
+    return node, argv, " ".join(words)
+
+
 def main(argv: Sequence[str] | None = None, *, name: str = "skipxl") -> int:
     """Entry point of the console script; returns the exit status."""
     import fire
@@ -351,10 +396,20 @@ def main(argv: Sequence[str] | None = None, *, name: str = "skipxl") -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     commands = dict(COMMANDS)
     try:
+        if argv and argv[0] == "train" and _asks_for_help(argv):
+            from skipxl.engine.recipe import train_help
+
+            script = name != "skipxl"
+            prog = name if script else f"{name} train"
+            print(train_help(prog, recipe=_recipe_of(argv), script=script))
+            return 0
         if argv and argv[0] in LAZY_COMMANDS and _asks_for_help(argv):
             module, attr, _ = LAZY_COMMANDS[argv[0]]
             commands[argv[0]] = _lazy(module, attr, argv[0])  # describe the real signature
-        fire.Fire(commands, command=_help_argv(argv), name=name)
+        fn, rest, words = _target(list(argv))
+        if callable(fn) and not _asks_for_help(argv):
+            check_flags(fn, rest, f"`{name} {words}`".replace(" `", "`"))
+        fire_command(commands, _help_argv(argv), name)
     except SkipxlError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
@@ -375,7 +430,23 @@ def recipe_main(recipe: str, argv: Sequence[str] | None = None) -> int:
     if argv and not argv[0].startswith("-"):
         print(f"error: recipes take only --flags (got {argv[0]!r}); see --help", file=sys.stderr)
         return 2
+    if any(a == "--recipe" or a.startswith("--recipe=") for a in argv):
+        print(
+            f"error: recipes/{recipe}.py is the {recipe} recipe; drop --recipe "
+            "(or run `skipxl train --recipe NAME` for another one)",
+            file=sys.stderr,
+        )
+        return 2
     return main(["train", f"--recipe={recipe}", *argv], name=Path(sys.argv[0]).name)
+
+
+def _recipe_of(argv: list[str]) -> str | None:
+    for i, a in enumerate(argv):
+        if a.startswith("--recipe="):
+            return a.partition("=")[2]
+        if a == "--recipe" and i + 1 < len(argv):
+            return argv[i + 1]
+    return None
 
 
 if __name__ == "__main__":

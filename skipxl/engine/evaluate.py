@@ -22,6 +22,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from skipxl.config_io import save_json
 from skipxl.engine.metrics import loss_metrics, metric_level
 from skipxl.errors import SkipxlError
 
@@ -144,7 +145,6 @@ def evaluate_run(
     Saves ``RUN_DIR/eval_<split>_tgt<T>_mem<M>_clamp<C>_same<0|1>.json`` and returns the row.
     """
     import dataclasses as dc
-    import json
     from pathlib import Path
 
     from skipxl.config_io import load_json
@@ -188,6 +188,6 @@ def evaluate_run(
             f"eval_{split}_tgt{protocol.tgt_len}_mem{protocol.mem_len}_clamp{protocol.clamp_len}"
             f"_same{int(protocol.same_length)}.json"
         )
-        (run_dir / name).write_text(json.dumps(row, indent=2, sort_keys=True) + "\n")
+        save_json(row, run_dir / name)
         row["saved_to"] = str(run_dir / name)
     return row

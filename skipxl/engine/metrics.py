@@ -17,6 +17,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from skipxl.config_io import dumps
 from skipxl.engine.run_dir import METRICS, TB
 
 LN2 = math.log(2.0)
@@ -63,7 +64,7 @@ def truncate_metrics(run_dir: Path, step: int) -> None:
         except json.JSONDecodeError:
             continue
         if int(row.get("step", 0)) <= step:
-            keep.append(json.dumps(row, sort_keys=True))
+            keep.append(dumps(row, sort_keys=True))
     tmp = path.with_name(path.name + ".tmp")
     tmp.write_text("".join(k + "\n" for k in keep))
     tmp.replace(path)
@@ -119,7 +120,7 @@ class MetricsLogger:
             return
         row = {"step": int(step), **{k: _plain(v) for k, v in values.items()}}
         assert self._jsonl is not None
-        self._jsonl.write(json.dumps(row, sort_keys=True) + "\n")
+        self._jsonl.write(dumps(row, sort_keys=True) + "\n")
         self._jsonl.flush()
         if self._tb is not None:
             for key, value in row.items():

@@ -336,6 +336,7 @@ def train(
     run_dict["ds_config"] = ds_config
     if world.is_main:
         rd.write_config(out_dir, run_dict)
+        rd.write_ds_config(out_dir, ds_config)
         rd.write_meta(
             out_dir,
             rd.collect_meta(

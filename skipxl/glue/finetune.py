@@ -56,7 +56,7 @@ class FinetuneConfig:
     variant: str = "baseline"
     beta: float = 0.1
     mode: str = "permutation"
-    attn_base: str = "sdpa"
+    attn_implementation: str = "sdpa"
     init_seed: int = 0
     data_seed: int = 0
     lr: float = 2e-5
@@ -79,6 +79,7 @@ class FinetuneConfig:
     max_train_examples: int | None = None
     max_eval_examples: int | None = None
     dropout: float | None = None
+    save_model: bool = False
 
     def __post_init__(self) -> None:
         get_task(self.task)
@@ -88,7 +89,8 @@ class FinetuneConfig:
             self.mode in CROSS_HEAD_MODES, f"mode {self.mode!r} is unknown; choose one of {CROSS_HEAD_MODES}"
         )
         require(
-            self.attn_base in ("sdpa", "eager"), f"attn_base {self.attn_base!r}: choose 'sdpa' or 'eager'"
+            self.attn_implementation in ("sdpa", "eager"),
+            f"attn_implementation {self.attn_implementation!r}: choose 'sdpa' or 'eager'",
         )
         require(self.lr > 0, f"lr must be positive, got {self.lr}")
         require(self.batch_size > 0, f"batch_size must be positive, got {self.batch_size}")
@@ -236,6 +238,23 @@ def evaluate(
     return metrics, n_classes
 
 
+#: Where ``--save_model`` writes the fine-tuned model and its tokenizer inside a run folder.
+MODEL_DIR = "model"
+
+
+def save_pretrained(model: Any, tokenizer: Any, path: Path, attn_implementation: str) -> Path:
+    """``save_pretrained`` of the model and tokenizer: ``from_pretrained(path)`` loads them back.
+
+    The attention is switched back to the stock kernel first: cross-head mixing is a training
+    regulariser (evaluation is the stock model bit for bit), and a saved model should load in
+    a plain ``transformers`` install that knows nothing of the skipxl attention functions.
+    """
+    model.set_attn_implementation(attn_implementation)
+    model.save_pretrained(path, safe_serialization=True)
+    tokenizer.save_pretrained(path)
+    return path
+
+
 def finetune(cfg: FinetuneConfig, run_dir: str | Path) -> dict[str, Any]:
     """Train one run into ``run_dir``; return (and write as result.json) its final metrics."""
     t_start = time.time()
@@ -271,7 +290,7 @@ def finetune(cfg: FinetuneConfig, run_dir: str | Path) -> dict[str, Any]:
         micro_batch=micro,
         grad_accum=accum,
         world_size=world.world_size,
-        overrides={"gradient_clipping": cfg.grad_clip},
+        clip=cfg.grad_clip,
     )
     steps_per_epoch = len(train) // cfg.batch_size
     if steps_per_epoch == 0:
@@ -291,7 +310,7 @@ def finetune(cfg: FinetuneConfig, run_dir: str | Path) -> dict[str, Any]:
         init_seed=cfg.init_seed,
         cross_head=cfg.cross_head,
         cross_head_seed=cfg.init_seed + CROSS_HEAD_SEED_OFFSET,
-        attn_base=cfg.attn_base,
+        attn_base=cfg.attn_implementation,
         dropout=cfg.dropout,
     )
     optimizer = torch.optim.AdamW(param_groups(model, cfg.weight_decay), lr=cfg.lr, eps=cfg.adam_eps)
@@ -305,6 +324,7 @@ def finetune(cfg: FinetuneConfig, run_dir: str | Path) -> dict[str, Any]:
     logger = RunLogger(run_dir, enabled=main)
     if main:
         save_json(cfg, run_dir / "config.json")
+        save_json(ds_cfg, run_dir / "ds_config.json")  # the DeepSpeed JSON actually used
         save_json(
             build_meta(
                 seeds={
@@ -403,6 +423,8 @@ def finetune(cfg: FinetuneConfig, run_dir: str | Path) -> dict[str, Any]:
         "world_size": world.world_size,
         "precision": precision_of(ds_cfg),
     }
+    if main and cfg.save_model:
+        save_pretrained(engine.module, tokenizer, run_dir / MODEL_DIR, cfg.attn_implementation)
     if main:
         write_marker(run_dir, RESULT_FILE, to_dict(result))
     if hasattr(engine, "destroy"):

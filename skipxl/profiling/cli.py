@@ -168,7 +168,7 @@ def _deepspeed_engine(
 
     from skipxl.engine.ds_config import build_ds_config, zero_stage_of
 
-    cfg = build_ds_config(ds_config, micro_batch=batch, grad_accum=1, world_size=world.world_size)
+    cfg = build_ds_config(ds_config, micro_batch=batch, grad_accum=1, world_size=world.world_size, clip=0.25)
     engine, _, _, _ = deepspeed.initialize(model=model, optimizer=optimizer, config=cfg)
     if zero_stage_of(cfg) == 3:
         # The u/v biases belong to the model but are used inside every layer: ZeRO-3 must
