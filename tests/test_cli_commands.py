@@ -77,6 +77,30 @@ def test_recipe_trains_evaluates_and_writes_the_run_folder(runs):
     assert combined["model"]["cross_head"]["beta"] == 0.5
 
 
+def _strict(text):
+    def refuse(name):
+        raise ValueError(f"non-JSON constant {name}")
+
+    return json.loads(text, parse_constant=refuse)
+
+
+def test_run_folder_is_strict_json_and_its_config_reruns(runs, tmp_path, capsys):
+    base, _ = runs
+    run = base / "baseline"
+    results = _strict((run / "results.json").read_text())  # a baseline has no best phase-1 val: null
+    assert results["phase"]["best_val"] is None
+    for line in (run / "metrics.jsonl").read_text().splitlines():
+        _strict(line)
+    saved = _strict((run / "config.json").read_text())
+    assert _strict((run / "ds_config.json").read_text()) == saved["ds_config"]  # the JSON actually used
+    assert (
+        main(["train", "--config", str(run / "config.json"), "--out", str(tmp_path / "again"), "--dry_run"])
+        == 0
+    )
+    again = _strict(capsys.readouterr().out)
+    assert again == {**saved, "out_dir": str(tmp_path / "again")}
+
+
 def test_eval_command_passes_the_protocol_and_saves(runs):
     base, _ = runs
     res = run_cli(
@@ -161,7 +185,7 @@ def test_help_is_useful(args):
     res = run_cli(*args)
     assert res.returncode == 0 and "Traceback" not in res.stderr
     text = res.stdout + res.stderr  # fire writes help to stderr
-    assert "NAME" in text or "COMMAND" in text
+    assert "NAME" in text or "COMMAND" in text or text.startswith("usage: skipxl train")
     if args[0] == "train":
         assert "--variant" in text and "--resume" in text
     if args[0] == "eval":

@@ -454,8 +454,9 @@ def run_memory(
             peak saved activations (0.01 = 1%).
         peak_tolerance: allowed relative excess in process peak (noisier: allocator).
         out: folder for ``memory.json`` and ``memory.png``.
-        pskip, beta, retain_positions: Skip-Retain / cross-head settings (``--pskip``,
-            ``--beta`` as in the recipes; ``retain_positions="contiguous"`` for the ablation).
+        pskip: Skip-Retain probability, as in the recipes (a number or a per-layer list).
+        beta: cross-head mixing probability, as in the recipes.
+        retain_positions: ``"true"`` (default) or ``"contiguous"`` (the ablation).
         positions: position scoring of every variant (``relative``, the Transformer-XL
             default, or ``segment_end``, the paper's released code; default: the preset's).
         engine: ``"deepspeed"`` (model states as DeepSpeed holds them; ``ds_config`` picks

@@ -1,0 +1,258 @@
+"""A DeepSpeed / Hugging Face user's hands: flags checked before any work, their DeepSpeed JSON
+honoured, ``--config`` reruns, generated ``--help``, strict JSON (issue 16). Fast: dry runs only."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from engine_helpers import REPO, clean_env, restore_launch_env  # noqa: F401 (autouse fixture)
+
+from skipxl.cli import main
+from skipxl.config_io import dumps, save_json
+from skipxl.engine.ds_config import DS_CONFIG_DIR, FLAG_KEYS, build_ds_config
+from skipxl.engine.recipe import RECIPES, flag_table
+
+
+def _strict(text: str):
+    def refuse(name):
+        raise ValueError(f"non-JSON constant {name}")
+
+    return json.loads(text, parse_constant=refuse)
+
+
+def _run(capsys, argv):
+    code = main(argv)
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def _error(capsys, argv) -> str:
+    code, _, err = _run(capsys, argv)
+    lines = err.strip().splitlines()
+    assert code == 2 and len(lines) == 1 and lines[0].startswith("error: "), err
+    return lines[0]
+
+
+def _dry(capsys, *argv) -> dict:
+    code, out, err = _run(capsys, ["train", *argv, "--dry_run"])
+    assert code == 0, err
+    return _strict(out)
+
+
+def _glue(*args: str, cwd: Path) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, str(REPO / "recipes" / "glue.py"), *args],
+        capture_output=True,
+        text=True,
+        env=clean_env(PYTHONPATH=str(REPO)),
+        cwd=cwd,
+        timeout=300,
+        check=False,
+    )
+
+
+# ----------------------------------------------------------------------------- item 1: fail before work
+
+
+def test_misspelt_glue_flag_exits_2_before_any_run_folder(tmp_path):
+    out = tmp_path / "sweep"
+    res = _glue("--attn_implementaton", "eager", "--model", "tiny-random", "--out", str(out), cwd=tmp_path)
+    assert res.returncode == 2, res.stdout + res.stderr
+    assert res.stderr.strip().splitlines() == [
+        "error: unknown flag --attn_implementaton for recipes/glue.py; did you mean --attn_implementation?"
+    ]
+    assert not out.exists() and not (tmp_path / "runs").exists()
+
+
+def test_glue_dry_run_prints_the_sweep_and_its_deepspeed_json(tmp_path):
+    res = _glue(
+        "--model", "tiny-random", "--seeds", "0-2", "--dry_run", "--out", str(tmp_path / "s"), cwd=tmp_path
+    )
+    assert res.returncode == 0, res.stderr
+    plan = _strict(res.stdout)
+    assert plan["runs"] == 3 * 2 and plan["sweep"]["base"]["attn_implementation"] == "sdpa"
+    assert plan["ds_config"]["train_batch_size"] == 32 and plan["ds_config"]["gradient_clipping"] == 1.0
+    assert not (tmp_path / "s").exists()
+    # the old spelling still works, with a deprecation line; a bad batch split is refused up front
+    res = _glue("--attn_base", "eager", "--dry_run", "--micro_batch", "5", cwd=tmp_path)
+    assert res.returncode == 2 and "deprecated" in res.stderr and "not divisible" in res.stderr
+
+
+def test_glue_flags_are_the_finetune_config_fields():
+    import dataclasses
+
+    from skipxl.glue.finetune import FinetuneConfig
+    from skipxl.glue.sweep import PER_RUN_FIELDS, finetune_fields
+
+    every = {f.name: f.default for f in dataclasses.fields(FinetuneConfig) if f.name not in PER_RUN_FIELDS}
+    fields, given = finetune_fields({k: str(v) if v is not None else "None" for k, v in every.items()})
+    assert fields == every and given == set(every)  # every field (a new one too) is a flag, typed
+
+
+def test_fire_errors_are_one_error_line(capsys, tmp_path):
+    assert _error(capsys, ["trian"]).startswith("error: Cannot find key: trian")
+    # a flag the command does not take is refused before the command runs (here: before the
+    # missing run folder would be noticed)
+    assert "unknown flag --bogus for `skipxl eval`" in _error(
+        capsys, ["eval", str(tmp_path / "x"), "--bogus", "1"]
+    )
+
+
+def test_recipe_scripts_refuse_recipe_flag():
+    res = subprocess.run(
+        [sys.executable, str(REPO / "recipes" / "wt2.py"), "--recipe", "wt103", "--dry_run"],
+        capture_output=True,
+        text=True,
+        env=clean_env(PYTHONPATH=str(REPO)),
+        timeout=120,
+        check=False,
+    )
+    assert res.returncode == 2 and res.stderr.startswith(
+        "error: recipes/wt2.py is the wt2 recipe; drop --recipe"
+    )
+
+
+# ----------------------------------------------------------------------------- item 2: DeepSpeed JSON
+
+
+def test_shipped_configs_leave_batch_and_clipping_to_the_recipe(capsys, tmp_path):
+    for path in sorted(DS_CONFIG_DIR.glob("*.json")):
+        ds = json.loads(path.read_text())
+        assert all(ds.get(k, "auto") == "auto" for k in FLAG_KEYS), path.name
+    cfg = _dry(capsys, "--out", str(tmp_path / "r"))
+    assert cfg["ds_config"]["gradient_clipping"] == 0.25 == cfg["train"]["clip"]  # the recipe's clipping
+    assert cfg["ds_config"]["train_batch_size"] == cfg["train"]["global_batch"] == 8
+
+
+def test_user_json_values_stand_and_conflicts_name_both(capsys, tmp_path):
+    user = tmp_path / "ds.json"
+    save_json(
+        {"train_micro_batch_size_per_gpu": 2, "gradient_clipping": 1.0, "zero_optimization": {"stage": 0}},
+        user,
+    )
+    out = str(tmp_path / "r")
+    cfg = _dry(capsys, "--ds_config", str(user), "--out", out)
+    ds = cfg["ds_config"]
+    assert (
+        ds["train_micro_batch_size_per_gpu"],
+        ds["gradient_accumulation_steps"],
+        ds["gradient_clipping"],
+    ) == (
+        2,
+        4,
+        1.0,
+    )
+    assert (cfg["train"]["micro_batch"], cfg["train"]["clip"]) == (2, 1.0)  # the saved config says so too
+    # DeepSpeed's and the HF Trainer's spellings
+    assert _dry(capsys, "--deepspeed", "--deepspeed_config", str(user), "--out", out)["ds_config"] == ds
+    assert _dry(capsys, "--deepspeed", str(user), "--out", out)["ds_config"] == ds
+    line = _error(
+        capsys, ["train", "--ds_config", str(user), "--micro_batch", "4", "--dry_run", "--out", out]
+    )
+    assert "train_micro_batch_size_per_gpu 2" in line and "--micro_batch 4" in line
+    line = _error(
+        capsys, ["train", "--deepspeed_config", str(user), "--clip", "0.5", "--dry_run", "--out", out]
+    )
+    assert "gradient_clipping 1.0" in line and "--clip 0.5" in line
+    line = _error(capsys, ["train", "--ds_config", "cpu", "--deepspeed_config", str(user), "--dry_run"])
+    assert "different DeepSpeed configs" in line
+
+
+@pytest.mark.parametrize("block", ["optimizer", "scheduler"])
+def test_optimizer_and_scheduler_blocks_are_refused_not_ignored(capsys, tmp_path, block):
+    user = tmp_path / "ds.json"
+    save_json({block: {"type": "AdamW", "params": {"lr": 3e-4}}}, user)
+    line = _error(capsys, ["train", "--ds_config", str(user), "--dry_run", "--out", str(tmp_path / "r")])
+    assert f"'{block}' block (AdamW: lr=0.0003)" in line and "remove the block and pass --" in line
+    with pytest.raises(Exception, match="block"):
+        build_ds_config(user, micro_batch=1, grad_accum=1, world_size=1)
+
+
+def test_dry_run_checks_the_config_name_and_the_batch_arithmetic(capsys):
+    assert "not found" in _error(capsys, ["train", "--ds_config", "zero9", "--dry_run"])
+    assert "not divisible" in _error(capsys, ["train", "--micro_batch", "3", "--dry_run"])
+
+
+# ----------------------------------------------------------------------------- item 3: --config
+
+
+def test_config_rerun_gives_the_same_resolved_config(capsys, tmp_path):
+    out = str(tmp_path / "r")
+    first = _dry(capsys, "--variant", "combined", "--lr", "3e-3", "--pskip", "0.3", "--out", out)
+    saved = tmp_path / "config.json"
+    saved.write_text(json.dumps(first))
+    assert _dry(capsys, "--config", str(saved)) == first
+    again = _dry(capsys, "--config", str(saved), "--out", str(tmp_path / "r2"), "--seed", "7")
+    assert again["train"]["seed"] == 7 and again["model"] == first["model"]
+
+
+# ----------------------------------------------------------------------------- item 4: --help
+
+
+def test_train_help_lists_every_flag_with_type_and_default(capsys):
+    code, out, _ = _run(capsys, ["train", "--help"])
+    assert code == 0
+    lines = {line.split()[0]: line for line in out.splitlines() if line.startswith("  --")}
+    for flag in flag_table():
+        if flag != "batch_size":
+            assert f"--{flag}" in lines, flag
+            assert "(default: " in lines[f"--{flag}"], flag
+    assert "FLOAT" in lines["--lr"] and "(default: 0.00025)" in lines["--lr"]
+    assert "--recipe" in lines and "--deepspeed_config" in lines
+    for name in RECIPES:
+        assert f"  {name}: presets" in out
+
+
+def test_recipe_help_has_no_recipe_flag():
+    res = subprocess.run(
+        [sys.executable, str(REPO / "recipes" / "enwik8.py"), "--help"],
+        capture_output=True,
+        text=True,
+        env=clean_env(PYTHONPATH=str(REPO)),
+        timeout=120,
+        check=False,
+    )
+    assert res.returncode == 0 and "--eval_mem_len" in res.stdout and "--recipe " not in res.stdout
+    assert "enwik8: presets base, large, tiny" in res.stdout
+
+
+@pytest.mark.parametrize(
+    ("args", "flag", "text"),
+    [
+        (["memory", "--help"], "--beta", "cross-head mixing"),
+        (["glue-report", "--help"], "--n_boot", "resamples"),
+    ],
+)
+def test_multi_name_args_get_their_own_description(capsys, args, flag, text):
+    code, out, err = _run(capsys, args)
+    lines = (out + err).splitlines()
+    assert code == 0
+    at = next(i for i, line in enumerate(lines) if flag in line)
+    assert text in " ".join(lines[at : at + 4])  # its own description, not merged into another flag's
+
+
+# ----------------------------------------------------------------------------- item 5: strict JSON
+
+
+def test_strict_json_writes_null_for_infinity(tmp_path):
+    path = tmp_path / "x.json"
+    save_json({"best_val": float("inf"), "loss": float("nan"), "ok": [1.5, float("-inf")]}, path)
+    assert _strict(path.read_text()) == {"best_val": None, "loss": None, "ok": [1.5, None]}
+    assert _strict(dumps({"a": float("inf")})) == {"a": None}
+
+
+# ----------------------------------------------------------------------------- item 6: builtin corpus
+
+
+@pytest.mark.parametrize(
+    ("recipe", "preset"), [(r, p) for r, spec in RECIPES.items() if r != "builtin" for p in spec.presets]
+)
+def test_builtin_corpus_works_with_every_preset(capsys, tmp_path, recipe, preset):
+    cfg = _dry(
+        capsys, "--recipe", recipe, "--preset", preset, "--corpus", "builtin", "--out", str(tmp_path / "r")
+    )
+    assert all(c < cfg["model"]["n_token"] for c in cfg["model"]["cutoffs"])
