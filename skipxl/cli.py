@@ -124,11 +124,7 @@ def train(
             )
         )
         return
-    print(
-        f"stopped at step {result.step} ({result.interrupted_by}); "
-        f"resume with --resume --out {result.run_dir}",
-        file=sys.stderr,
-    )
+    # the training loop printed "stopped at step N (...); resume with --resume --out RUN_DIR" once
     if result.interrupted_by in ("SIGTERM", "SIGINT"):
         raise SystemExit(128 + int(getattr(signal, result.interrupted_by)))
 

@@ -279,7 +279,9 @@ def test_missing_optional_command_module_is_a_clear_error():
 def test_stop_and_resume_through_the_command(tmp_path, capsys):
     out = str(tmp_path / "run")
     assert main(["train", "--max_steps", "4", "--stop_at_step", "2", "--out", out, *SMALL]) == 0
-    assert "resume with --resume" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert err.count("resume with --resume") == 1, err  # the stop message is printed once
+    assert "stopped at step 2" in (tmp_path / "run" / "train.log").read_text()
     line = _one_error_line(capsys, ["train", "--resume", "--out", out, "--lr", "0.1"])
     assert "stored configuration" in line
     assert main(["train", "--resume", "--out", out, "--progress", "False"]) == 0

@@ -256,3 +256,38 @@ def test_builtin_corpus_works_with_every_preset(capsys, tmp_path, recipe, preset
         capsys, "--recipe", recipe, "--preset", preset, "--corpus", "builtin", "--out", str(tmp_path / "r")
     )
     assert all(c < cfg["model"]["n_token"] for c in cfg["model"]["cutoffs"])
+
+
+# ----------------------------------------------------------------------------- item 8: console and logs
+
+
+def test_metrics_logger_prints_one_line_per_validation_and_writes_train_log(tmp_path, capsys):
+    from skipxl.engine.metrics import TRAIN_LOG, MetricsLogger
+
+    logger = MetricsLogger(tmp_path, enabled=True, total_steps=100, progress=False, tensorboard=False)
+    logger.log(50, {"train/loss": 5.0, "train/ppl": 148.4, "lr": 1e-3, "tokens_per_s": 4321.0})
+    logger.log(50, {"val/loss": 5.2, "val/ppl": 181.27})
+    logger.log(100, {"final_val/ppl": 170.0, "test/ppl": 180.0, "final_val/loss": 5.1})
+    logger.write("stopped at step 100 (SIGTERM)")
+    logger.close()
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == [
+        "step 50/100 | val ppl 181.3 | lr 0.001 | 4321 tok/s",
+        "step 100/100 | final val ppl 170 | test ppl 180",
+        "stopped at step 100 (SIGTERM)",
+    ]
+    log = (tmp_path / TRAIN_LOG).read_text().splitlines()
+    assert len(log) == 4 and log[0].endswith(
+        "step 50/100 | loss 5 | ppl 148.4 | lr 0.001 | tokens_per_s 4321"
+    )
+    assert log[1].endswith(err[0]) and log[3].endswith(err[2])
+
+
+def test_glue_sweep_prints_an_eta(tmp_path):
+    from skipxl.glue.sweep import SweepConfig, run_sweep
+
+    lines: list[str] = []
+    cfg = SweepConfig(tasks=("rte",), variants=("baseline",), seeds=(0, 1, 2), out=str(tmp_path))
+    run_sweep(cfg, runner=lambda c, d: {"primary_metric": "accuracy", "primary": 0.5}, log=lines.append)
+    assert [line.split("; ")[1].split(",")[0] for line in lines] == ["2 to go", "1 to go", "0 to go"]
+    assert all("ETA " in line for line in lines)

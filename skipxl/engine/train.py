@@ -483,7 +483,7 @@ def train(
             if stop_now:
                 save()
                 who = stop.signal or f"stop_at_step={stop_at_step}"
-                logger.write(f"stopped at step {step} ({who}); checkpoint saved, continue with --resume")
+                logger.write(f"stopped at step {step} ({who}); resume with --resume --out {out_dir}")
                 return TrainResult(out_dir, step, False, who, losses, {})
 
         save()

@@ -165,6 +165,14 @@ def _rank() -> int:
     return int(os.environ.get("RANK", "0"))
 
 
+def _duration(seconds: float) -> str:
+    """``"1h02m"``, ``"3m05s"`` or ``"12s"``."""
+    seconds = round(seconds)
+    hours, rest = divmod(seconds, 3600)
+    minutes, secs = divmod(rest, 60)
+    return f"{hours}h{minutes:02d}m" if hours else (f"{minutes}m{secs:02d}s" if minutes else f"{secs}s")
+
+
 def run_sweep(
     cfg: SweepConfig,
     runner: Callable[[FinetuneConfig, Path], dict[str, Any]] | None = None,
@@ -218,7 +226,13 @@ def run_sweep(
             say(f"{tag}: FAILED ({type(exc).__name__}: {exc})")
             continue
         outcome.ran.append(run.run_dir)
-        say(f"{tag}: {result['primary_metric']} {result['primary']:.4f} ({time.time() - t_run:.1f} s)")
+        done = len(outcome.ran) + len(outcome.failed)
+        left = len(pending) - done
+        eta = (time.time() - t0) / done * left
+        say(
+            f"{tag}: {result['primary_metric']} {result['primary']:.4f} ({time.time() - t_run:.1f} s; "
+            f"{left} to go, ETA {_duration(eta)})"
+        )
     outcome.wall_time_s = time.time() - t0
     return outcome
 
