@@ -291,3 +291,25 @@ def test_glue_sweep_prints_an_eta(tmp_path):
     run_sweep(cfg, runner=lambda c, d: {"primary_metric": "accuracy", "primary": 0.5}, log=lines.append)
     assert [line.split("; ")[1].split(",")[0] for line in lines] == ["2 to go", "1 to go", "0 to go"]
     assert all("ETA " in line for line in lines)
+
+
+# ----------------------------------------------------------------------------- item 7: unseen words
+
+
+def test_unseen_word_rate_is_reported_and_missing_split_names_train_txt(tmp_path, capsys):
+    from skipxl.data import DataConfig, load_corpus
+    from skipxl.errors import SkipxlError
+
+    data = tmp_path / "txt"
+    data.mkdir()
+    (data / "train.txt").write_text("a b c a b\n" * 20)
+    (data / "valid.txt").write_text("a b zz yy\n")  # 2 unseen of 5 tokens (with <eos>)
+    (data / "test.txt").write_text("a b c\n")
+    cfg = DataConfig(corpus="txt", data_dir=str(data), cache_dir=str(tmp_path / "cache"))
+    load_corpus(cfg)
+    err = capsys.readouterr().err
+    assert "warning: 40.0% of valid (2 tokens) are words the vocabulary (counted on train)" in err
+    assert "test" not in err.split("are words")[0]
+    (data / "train.txt").unlink()
+    with pytest.raises(SkipxlError, match=r"expected wiki\.train\.tokens or train\.txt"):
+        load_corpus(cfg)

@@ -13,6 +13,7 @@ Concurrent builders are safe (atomic rename) but would each do the work.
 
 from __future__ import annotations
 
+import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -129,11 +130,18 @@ def _describe_text(cfg: DataConfig) -> tuple[dict[str, Any], list[dict[str, Any]
     def build(writer: EntryWriter) -> tuple[Vocab, dict[str, int]]:
         vocab = corpora.build_text_vocab(cfg, sources)
         dtype = ids_dtype(vocab.size)
-        encode = corpora.encode_subword_split if vocab.level == "subword" else corpora.encode_word_split
-        lengths = {}
+        lengths, unseen = {}, {}
         for split in SPLITS:
             with writer.split(split) as f:
-                lengths[split] = encode(sources[split], vocab, f, dtype)
+                if vocab.level == "subword":
+                    lengths[split] = corpora.encode_subword_split(sources[split], vocab, f, dtype)
+                else:
+                    stats: dict[str, int] = {}
+                    lengths[split] = corpora.encode_word_split(sources[split], vocab, f, dtype, stats)
+                    unseen[split] = stats["unseen"]
+        warning = corpora.unseen_warning(unseen, lengths, cfg.vocab_splits)
+        if warning is not None:
+            print(warning, file=sys.stderr, flush=True)
         return vocab, lengths
 
     return payload, fingerprints, build
