@@ -185,12 +185,13 @@ def eval_(
 
 
 def compare(*run_dirs: str, png: str | None = None, group: bool = False) -> None:
-    """Markdown table (variant, params, best val, test, tokens/s, peak memory) + PNG of validation curves.
+    """Markdown table (variant, params, in-training best val, final val/test, tokens/s, memory) + PNG + CSV.
 
     Args:
         run_dirs: run folders, or folders that contain run folders.
-        png: where to write the validation-curve plot (default: <parent of the first run>/compare.png).
-        group: average runs that differ only in the seed (mean ± std).
+        png: where to write the plot (default: <parent of the first run>/compare.png, or
+            compare_group.png with --group); the CSV goes beside it.
+        group: average runs that differ only in the seed (mean ± std, bands in the plot).
     """
     from skipxl.engine.compare import compare as _compare
 

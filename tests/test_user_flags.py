@@ -313,3 +313,80 @@ def test_unseen_word_rate_is_reported_and_missing_split_names_train_txt(tmp_path
     (data / "train.txt").unlink()
     with pytest.raises(SkipxlError, match=r"expected wiki\.train\.tokens or train\.txt"):
         load_corpus(cfg)
+
+
+# ----------------------------------------------------------------------------- item 9: compare
+
+
+def _fake_run(root: Path, name: str, variant: str, seed: int, offset: float) -> Path:
+    run = root / name
+    run.mkdir(parents=True)
+    save_json(
+        {
+            "variant": variant,
+            "preset": "tiny",
+            "data": {"corpus": "builtin"},
+            "train": {"seed": seed, "val_max_batches": 40},
+        },
+        run / "config.json",
+    )
+    rows = [{"step": s, "train/loss": 6.0 - s / 10 + offset, "tokens_per_s": 1000.0} for s in (1, 2, 3, 4)]
+    rows += [{"step": 2, "val/loss": 5.5 + offset}, {"step": 4, "val/loss": 5.0 + offset}]
+    if variant == "skip_retain":
+        rows.append({"step": 2, "phase": 2, "phase/switch_step": 2})
+    (run / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    save_json(
+        {"n_params": 1000, "step": 4, "level": "word", "final_val/loss": 4.9 + offset, "test/loss": 5.1},
+        run / "results.json",
+    )
+    return run
+
+
+def test_compare_labels_its_columns_writes_csv_and_a_separate_group_plot(tmp_path):
+    from skipxl.engine.compare import _mean_band, compare
+
+    for seed in (1, 2):
+        _fake_run(tmp_path / "runs", f"base-{seed}", "baseline", seed, 0.1 * seed)
+        _fake_run(tmp_path / "runs", f"skip-{seed}", "skip_retain", seed, 0.2 * seed)
+    text = compare([tmp_path / "runs"])
+    head = text.splitlines()[0]
+    assert "best in-train val ppl" in head and "final val ppl" in head and "final test ppl" in head
+    assert "capped at 40 segments per stream" in text and "full splits" in text
+    assert (tmp_path / "runs" / "compare.png").stat().st_size > 1000
+    rows = (tmp_path / "runs" / "compare.csv").read_text().splitlines()
+    assert rows[0].startswith("run,path,corpus") and len(rows) == 1 + 4
+    before = (tmp_path / "runs" / "compare.png").read_bytes()
+    grouped = compare([tmp_path / "runs"], group=True)
+    assert "| seeds |" in grouped and (tmp_path / "runs" / "compare_group.png").stat().st_size > 1000
+    assert (tmp_path / "runs" / "compare.png").read_bytes() == before  # the ungrouped plot is not overwritten
+    steps, mean, std = _mean_band([[(2, 1.0), (4, 3.0)], [(2, 3.0), (4, 5.0), (6, 9.0)]])
+    assert steps == [2, 4] and mean == [2.0, 4.0] and std == pytest.approx([2**0.5, 2**0.5])
+
+
+def test_compare_plot_styles_are_fixed_per_variant(tmp_path, monkeypatch):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from skipxl.engine import compare as cmp
+
+    runs = [_fake_run(tmp_path, n, v, 1, 0.0) for n, v in (("a", "baseline"), ("b", "skip_retain"))]
+    figures = []
+    monkeypatch.setattr(plt, "close", figures.append)
+    for order in (runs, runs[::-1]):
+        cmp.plot([cmp.summarize(r) for r in order], tmp_path / "p.png")
+    styles = []
+    for fig in figures:
+        ax_val = fig.axes[0]
+        lines = {
+            ln.get_label(): (ln.get_color(), ln.get_linestyle())
+            for ln in ax_val.get_lines()
+            if not ln.get_label().startswith("_")
+        }
+        styles.append(lines)
+        assert any(ln.get_marker() == "*" for ln in ax_val.get_lines())  # the final full validation
+        assert any(list(ln.get_xdata()) == [2, 2] for ln in ax_val.get_lines())  # the phase switch
+        assert all(float(t).is_integer() for t in ax_val.get_xticks())
+        assert fig.axes[1].get_lines()  # the training-loss panel
+    assert styles[0] == styles[1] and styles[0]["a (baseline)"] != styles[0]["b (skip_retain)"]
