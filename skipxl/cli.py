@@ -6,7 +6,8 @@
     skipxl eval RUN_DIR [--split test] [--tgt_len 64 --mem_len 640 --clamp_len 400 --same_length]
     skipxl compare RUN_DIR [RUN_DIR ...] [--group] [--png curves.png]
     skipxl data prepare --corpus wt103 --data_dir data/wikitext-103
-    skipxl export RUN_DIR
+    skipxl export RUN_DIR [--format safetensors|original]
+    skipxl import-original MODEL_ORIGINAL.pt --out DIR [--hparams JSON]
     skipxl memory ...                 (skipxl.profiling)
     skipxl glue-report SWEEP_DIR      (skipxl.glue)
 
@@ -16,6 +17,7 @@ works on every command (also where a command takes free-form config flags).
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import sys
@@ -233,13 +235,23 @@ def data_prepare(
     print(dumps(summary, indent=2, sort_keys=True, default=str))
 
 
-def export(run_dir: str, tag: str | None = None, out: str | None = None) -> None:
-    """Write a plain fp32 state_dict (model.pt) and config.json for inference, without DeepSpeed.
+def export(
+    run_dir: str,
+    tag: str | None = None,
+    out: str | None = None,
+    format: str = "safetensors",
+    vocab: bool = True,
+) -> None:
+    """Write an inference export (weights, config.json, vocab.json), usable without DeepSpeed.
 
     Args:
         run_dir: a training run folder.
         tag: checkpoint folder name (default: latest).
         out: destination folder (default: RUN_DIR/export).
+        format: safetensors (model.safetensors; skipxl.engine.checkpoint.load_exported reads it) or
+            original (model_original.pt: the original Transformer-XL MemTransformerLM state dict and
+            constructor arguments; skipxl import-original reads it back).
+        vocab: also write the run's vocabulary as vocab.json (needs the run's corpus).
     """
     from skipxl.engine.checkpoint import export as _export
     from skipxl.engine.distributed import ensure_accelerator_env
@@ -250,8 +262,33 @@ def export(run_dir: str, tag: str | None = None, out: str | None = None) -> None
         Path(_coerce("run_dir", run_dir, str)),
         tag=_coerce("tag", tag, str | None),
         out=None if out is None else Path(_coerce("out", out, str)),
+        format=_coerce("format", format, str),
+        vocab=_coerce("vocab", vocab, bool),
     )
     print(str(path))
+
+
+def import_original(path: str, out: str, hparams: Any = None) -> None:
+    """Turn an original Transformer-XL state dict into a skipxl export folder (model.safetensors + config).
+
+    Args:
+        path: a file of `skipxl export --format original` or a bare MemTransformerLM state dict.
+        out: the export folder to write (load it with skipxl.engine.checkpoint.load_exported).
+        hparams: the original constructor's arguments as JSON (needed for a bare state dict).
+    """
+    from skipxl.engine.checkpoint import import_original as _import
+
+    params = hparams
+    if isinstance(params, str):
+        try:
+            params = json.loads(params)
+        except json.JSONDecodeError as exc:
+            raise SkipxlError(
+                f"--hparams is not JSON ({exc}); pass e.g. '{{\"n_token\": 10000, ...}}'"
+            ) from None
+    if params is not None and not isinstance(params, dict):
+        raise SkipxlError("--hparams must be a JSON object of the original constructor's arguments")
+    print(str(_import(Path(_coerce("path", path, str)), Path(_coerce("out", out, str)), hparams=params)))
 
 
 def _lazy(module: str, attr: str, what: str) -> Any:
@@ -307,6 +344,8 @@ COMMANDS: dict[str, Any] = {
     "compare": compare,
     "data": {"prepare": data_prepare},
     "export": export,
+    "import-original": import_original,
+    "import_original": import_original,
     **{name: _lazy_command(name) for name in LAZY_COMMANDS},
 }
 

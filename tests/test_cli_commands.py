@@ -159,6 +159,26 @@ def test_export_gives_a_plain_fp32_model(runs, tmp_path):
     for key, value in model.state_dict().items():
         assert value.dtype != torch.bfloat16 and torch.equal(value, ref[key]), key
     assert json.loads((tmp_path / "exp" / "config.json").read_text())["variant"] == "combined"
+    assert (tmp_path / "exp" / "model.safetensors").is_file() and not (tmp_path / "exp" / "model.pt").exists()
+    from skipxl.data import Vocab
+
+    assert Vocab.load(tmp_path / "exp" / "vocab.json").size == model.cfg.n_token
+    # the original implementation's format, and back through the CLI
+    res = run_cli("export", str(base / "baseline"), "--format", "original", "--out", str(tmp_path / "orig"))
+    assert res.returncode == 0, res.stderr[-2000:]
+    blob = torch.load(tmp_path / "orig" / "model_original.pt", weights_only=True)
+    assert (
+        blob["hparams"]["n_layer"] == model.cfg.n_layer
+        and "word_emb.emb_layers.0.weight" in blob["state_dict"]
+    )
+    res = run_cli(
+        "import-original", str(tmp_path / "orig" / "model_original.pt"), "--out", str(tmp_path / "back")
+    )
+    assert res.returncode == 0, res.stderr[-2000:]
+    back = load_exported(tmp_path / "back")
+    ref = fp32_state_dict(base / "baseline" / "checkpoints")
+    assert all(torch.equal(v, ref[k]) for k, v in back.state_dict().items())
+    assert "--format" in run_cli("export", str(base / "baseline"), "--format", "onnx").stderr
 
 
 def test_data_prepare_command():

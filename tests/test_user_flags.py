@@ -390,3 +390,30 @@ def test_compare_plot_styles_are_fixed_per_variant(tmp_path, monkeypatch):
         assert all(float(t).is_integer() for t in ax_val.get_xticks())
         assert fig.axes[1].get_lines()  # the training-loss panel
     assert styles[0] == styles[1] and styles[0]["a (baseline)"] != styles[0]["b (skip_retain)"]
+
+
+# ----------------------------------------------------------------------------- item 10: GLUE model
+
+
+def test_offline_hub_name_fails_fast(monkeypatch, tmp_path):
+    import socket
+    import time
+
+    from skipxl.errors import SkipxlError
+    from skipxl.glue.model import check_available
+
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))  # an empty cache
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(SkipxlError, match="HF_HUB_OFFLINE is set"):
+        check_available("someone/not-cached-model")
+    monkeypatch.delenv("HF_HUB_OFFLINE")
+
+    def no_network(*args, **kwargs):
+        raise OSError("network is unreachable")
+
+    monkeypatch.setattr(socket, "create_connection", no_network)
+    start = time.perf_counter()
+    with pytest.raises(SkipxlError, match="cannot be reached"):
+        check_available("someone/not-cached-model")
+    assert time.perf_counter() - start < 5
+    check_available("tiny-random")  # local backbones need nothing

@@ -328,6 +328,7 @@ def resolve_sweep(
     from skipxl.engine.flags import coerce
     from skipxl.engine.recipe import ds_config_flag
     from skipxl.glue.finetune import resolve_ds_name
+    from skipxl.glue.model import check_available
 
     ds_name = ds_config_flag(flags.pop("ds_config", None), flags)
     if ds_name is not None:
@@ -340,6 +341,7 @@ def resolve_sweep(
         for spec in specs:
             for split in spec.splits:
                 task_file(root, spec, split)
+    check_available(base.model)  # a hub name offline fails now, not after 50 s of retries
     # The Hugging Face convention for the DeepSpeed JSON: its explicit values stand, "auto" is filled.
     ds_path = resolve_ds_name(base.ds_config)
     ds_json = load_ds_config(ds_path)
