@@ -417,3 +417,17 @@ def test_offline_hub_name_fails_fast(monkeypatch, tmp_path):
         check_available("someone/not-cached-model")
     assert time.perf_counter() - start < 5
     check_available("tiny-random")  # local backbones need nothing
+
+
+def test_progress_bars_only_on_a_terminal_of_rank_0(monkeypatch):
+    from skipxl.progress import _NoBar, progress_bar
+
+    monkeypatch.delenv("SKIPXL_NO_PROGRESS", raising=False)
+    monkeypatch.setattr(sys.stderr, "isatty", lambda: False)
+    assert isinstance(progress_bar(10, "eval"), _NoBar)  # a log file gets no bar
+    monkeypatch.setattr(sys.stderr, "isatty", lambda: True)
+    bar = progress_bar(10, "eval")
+    assert not isinstance(bar, _NoBar) and bar.total == 10
+    bar.close()
+    monkeypatch.setenv("RANK", "1")
+    assert isinstance(progress_bar(10, "eval"), _NoBar)

@@ -38,6 +38,7 @@ from skipxl.data.cache import (
 from skipxl.data.config import CHAR_CORPORA, SPLITS, DataConfig, resolve_cache_root
 from skipxl.data.vocab import Vocab
 from skipxl.errors import require
+from skipxl.progress import progress_bar
 
 Builder = Callable[[EntryWriter], tuple[Vocab, dict[str, int]]]
 
@@ -131,6 +132,7 @@ def _describe_text(cfg: DataConfig) -> tuple[dict[str, Any], list[dict[str, Any]
         vocab = corpora.build_text_vocab(cfg, sources)
         dtype = ids_dtype(vocab.size)
         lengths, unseen = {}, {}
+        bar = progress_bar(len(SPLITS), f"encode {cfg.corpus}", "split")
         for split in SPLITS:
             with writer.split(split) as f:
                 if vocab.level == "subword":
@@ -139,6 +141,8 @@ def _describe_text(cfg: DataConfig) -> tuple[dict[str, Any], list[dict[str, Any]
                     stats: dict[str, int] = {}
                     lengths[split] = corpora.encode_word_split(sources[split], vocab, f, dtype, stats)
                     unseen[split] = stats["unseen"]
+            bar.update()
+        bar.close()
         warning = corpora.unseen_warning(unseen, lengths, cfg.vocab_splits)
         if warning is not None:
             print(warning, file=sys.stderr, flush=True)

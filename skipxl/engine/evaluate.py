@@ -68,14 +68,17 @@ def evaluate_split(
     world_size: int = 1,
     device: torch.device | str = "cpu",
     max_batches: int | None = None,
+    progress: str | None = None,
 ) -> EvalResult:
     """Score ``tokens`` (a 1-D id array) with ``protocol``; collective when distributed.
 
     Args:
         model: a :class:`~skipxl.model.TransformerXL` (``engine.module`` under DeepSpeed).
         max_batches: stop after this many segments per stream (quick validations).
+        progress: a progress-bar title (on a terminal, rank 0); None = no bar.
     """
     from skipxl.data import eval_batches
+    from skipxl.progress import progress_bar
 
     if protocol.batch_size % world_size:
         raise SkipxlError(
@@ -103,6 +106,10 @@ def evaluate_split(
     total = torch.zeros(2, dtype=torch.float64)  # [nll sum, token count]
     nll_sum = torch.zeros((), dtype=torch.float64, device=device)
     count = 0
+    per_stream = -(-(len(tokens) // protocol.batch_size - 1) // protocol.tgt_len)  # segments per stream
+    bar = progress_bar(
+        min(per_stream, max_batches or per_stream), progress or "", "seg", progress is not None
+    )
     try:
         mems = None
         for n_batches, (inputs, targets) in enumerate(segments, start=1):
@@ -110,9 +117,11 @@ def evaluate_split(
             mems = out.mems
             nll_sum += out.nll.double().sum()
             count += out.nll.numel()
+            bar.update()
             if max_batches is not None and n_batches >= max_batches:
                 break
     finally:
+        bar.close()
         model.reset_context(**saved)
         model.train(was_training)
     total[0] = nll_sum.cpu()
@@ -172,7 +181,9 @@ def evaluate_run(
     dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     model.to(dev)
     level = metric_level(corpus.vocab.level)
-    result = evaluate_split(model, corpus.splits[split], protocol, device=dev, max_batches=max_batches)
+    result = evaluate_split(
+        model, corpus.splits[split], protocol, device=dev, max_batches=max_batches, progress=f"eval {split}"
+    )
     prefix = "val" if split == "valid" else split
     row: dict[str, Any] = {
         "run": str(run_dir),

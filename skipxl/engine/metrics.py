@@ -20,6 +20,7 @@ from typing import Any
 
 from skipxl.config_io import dumps
 from skipxl.engine.run_dir import METRICS, TB
+from skipxl.progress import progress_bar  # noqa: F401 (re-exported for the engine)
 
 LN2 = math.log(2.0)
 

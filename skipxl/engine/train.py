@@ -623,6 +623,7 @@ def _final_eval(
             rank=world.rank,
             world_size=world.world_size,
             device=device,
+            progress=f"final {split}",
         )
         out.update(res.metrics(level, prefix))
     out["eval_protocol"] = dataclasses.asdict(protocol)  # type: ignore[assignment]

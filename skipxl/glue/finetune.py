@@ -37,6 +37,7 @@ from skipxl.glue.metrics import compute_metrics
 from skipxl.glue.runlog import RESULT_FILE, RunLogger, build_meta, write_marker
 from skipxl.glue.tasks import GlueSplit, TaskSpec, get_task, load_split
 from skipxl.model.heads import CROSS_HEAD_MODES, CrossHeadConfig
+from skipxl.progress import progress_bar
 
 VARIANTS = ("baseline", "cross_head")
 #: The cross-head generator is seeded with init_seed + this, away from the dropout stream's seed.
@@ -359,6 +360,7 @@ def finetune(cfg: FinetuneConfig, run_dir: str | Path) -> dict[str, Any]:
     metrics: dict[str, float] = {}
     n_pred_classes = 0
     engine.train()
+    bar = progress_bar(total_steps, f"{spec.name} {cfg.variant} seed {cfg.init_seed}", "step", main)
     for epoch in range(cfg.epochs):
         perm = torch.randperm(len(train), generator=order_gen).tolist()  # same order on every rank
         for s in range(steps_per_epoch):
@@ -380,9 +382,11 @@ def finetune(cfg: FinetuneConfig, run_dir: str | Path) -> dict[str, Any]:
                 torch.distributed.all_reduce(t)
                 step_loss = float(t) / world.world_size
             if not math.isfinite(step_loss):
+                bar.close()
                 logger.close()
                 raise RunDiverged(f"training loss is {step_loss} at step {step + 1}")
             step += 1
+            bar.update()
             running, n_running, last_loss = running + step_loss, n_running + 1, step_loss
             if step % cfg.log_every == 0 or step == total_steps:
                 logger.log(
@@ -402,6 +406,7 @@ def finetune(cfg: FinetuneConfig, run_dir: str | Path) -> dict[str, Any]:
         if last:
             break
     train_time = time.time() - t_train
+    bar.close()
     logger.close()
 
     result = {
