@@ -143,6 +143,7 @@ def eval_(
     max_batches: int | None = None,
     tag: str | None = None,
     device: str | None = None,
+    dry_run: bool = False,
 ) -> None:
     """Evaluate a run's latest checkpoint with the Transformer-XL protocol; print and save the metrics.
 
@@ -158,6 +159,7 @@ def eval_(
         max_batches: score only this many segments per stream (quick look).
         tag: checkpoint folder name (default: latest).
         device: cpu or cuda (default: cuda when available).
+        dry_run: print the protocol and checkpoint that would be scored; score nothing.
     """
     from skipxl.engine.distributed import ensure_accelerator_env
     from skipxl.engine.evaluate import evaluate_run
@@ -175,6 +177,13 @@ def eval_(
     ):
         if value is not None:
             overrides[name] = _coerce(name, value, tp)
+    if _coerce("dry_run", dry_run, bool):
+        print(
+            dumps(
+                _eval_plan(_coerce("run_dir", run_dir, str), split, overrides, tag), indent=2, sort_keys=True
+            )
+        )
+        return
     row = evaluate_run(
         _coerce("run_dir", run_dir, str),
         split=_coerce("split", split, str),
@@ -184,6 +193,32 @@ def eval_(
         device=_coerce("device", device, str | None),
     )
     print(dumps(row, indent=2, sort_keys=True))
+
+
+def _eval_plan(run_dir: str, split: str, overrides: dict[str, Any], tag: Any) -> dict[str, Any]:
+    """The protocol and checkpoint ``skipxl eval`` would use (its ``--dry_run``)."""
+    import dataclasses
+
+    from skipxl.config_io import load_json
+    from skipxl.engine.checkpoint import resolve_tag
+    from skipxl.engine.config import run_config_from_dict
+    from skipxl.engine.evaluate import SPLIT_ALIASES, Protocol
+
+    path = Path(run_dir)
+    if not (path / "config.json").is_file():
+        raise SkipxlError(
+            f"{path} is not a run folder (no config.json); pass the --out folder of a training run"
+        )
+    if split not in SPLIT_ALIASES:
+        raise SkipxlError(f"unknown --split {split!r}; choose valid or test (or train)")
+    cfg = run_config_from_dict(load_json(path / "config.json"))
+    protocol = Protocol.from_eval_config(dataclasses.replace(cfg.eval, **overrides))
+    return {
+        "run": str(path),
+        "split": SPLIT_ALIASES[split],
+        "protocol": dataclasses.asdict(protocol),
+        "checkpoint": resolve_tag(path / "checkpoints", _coerce("tag", tag, str | None)),
+    }
 
 
 def compare(*run_dirs: str, png: str | None = None, group: bool = False) -> None:
@@ -211,6 +246,7 @@ def data_prepare(
     data_dir: str | None = None,
     source: str = "local",
     rebuild: bool = False,
+    dry_run: bool = False,
     **options: Any,
 ) -> None:
     """Encode a corpus once and cache it (later loads are memory-mapped).
@@ -220,10 +256,12 @@ def data_prepare(
         data_dir: folder holding the corpus files.
         source: local (files in data_dir) or hub (WikiText from the Hugging Face hub; needs network).
         rebuild: re-encode even when the cache is valid.
+        dry_run: check the files and print the resolved config and cache entry; encode nothing.
         options: other DataConfig fields (vocab, spm_model, char_convention, cache_dir, ...).
     """
     from skipxl.config_io import from_dict
     from skipxl.data import DataConfig, prepare
+    from skipxl.data.corpus import plan
 
     fields = {
         "corpus": _coerce("corpus", corpus, str),
@@ -231,7 +269,11 @@ def data_prepare(
         "source": _coerce("source", source, str),
         **options,
     }
-    summary = prepare(from_dict(DataConfig, fields), rebuild=_coerce("rebuild", rebuild, bool))
+    cfg = from_dict(DataConfig, fields)
+    if _coerce("dry_run", dry_run, bool):
+        print(dumps(plan(cfg), indent=2, sort_keys=True, default=str))
+        return
+    summary = prepare(cfg, rebuild=_coerce("rebuild", rebuild, bool))
     print(dumps(summary, indent=2, sort_keys=True, default=str))
 
 

@@ -431,3 +431,33 @@ def test_progress_bars_only_on_a_terminal_of_rank_0(monkeypatch):
     bar.close()
     monkeypatch.setenv("RANK", "1")
     assert isinstance(progress_bar(10, "eval"), _NoBar)
+
+
+def test_json_train_batch_size_replaces_the_recipe_default(capsys, tmp_path):
+    user = tmp_path / "ds.json"
+    save_json({"train_batch_size": 16, "gradient_accumulation_steps": 2}, user)
+    cfg = _dry(capsys, "--ds_config", str(user), "--out", str(tmp_path / "r"))
+    assert cfg["train"]["global_batch"] == 16 and cfg["ds_config"]["train_micro_batch_size_per_gpu"] == 8
+    line = _error(capsys, ["train", "--ds_config", str(user), "--global_batch", "8", "--dry_run"])
+    assert "train_batch_size 16" in line and "--global_batch 8" in line
+
+
+def test_eval_and_data_prepare_dry_runs_do_no_work(capsys, tmp_path):
+    run = tmp_path / "run"
+    cfg = _dry(capsys, "--out", str(run))
+    save_json(cfg, run / "config.json")
+    (run / "checkpoints" / "step_00000004").mkdir(parents=True)
+    (run / "checkpoints" / "latest").write_text("step_00000004")
+    code, out, err = _run(capsys, ["eval", str(run), "--split", "valid", "--mem_len", "99", "--dry_run"])
+    assert code == 0, err
+    plan = _strict(out)
+    assert (
+        plan["protocol"]["mem_len"] == 99
+        and plan["checkpoint"] == "step_00000004"
+        and plan["split"] == "valid"
+    )
+    cache = tmp_path / "cache"
+    argv = ["data", "prepare", "--corpus", "builtin", "--cache_dir", str(cache), "--dry_run"]
+    code, out, err = _run(capsys, argv)
+    assert code == 0, err
+    assert _strict(out)["cached"] is False and not any(cache.glob("*/meta.json"))

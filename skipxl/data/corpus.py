@@ -229,6 +229,23 @@ def load_corpus(cfg: DataConfig, *, rebuild: bool = False) -> Corpus:
     return Corpus(cfg, entry.vocab, entry.splits, entry.path, hit, entry.meta)
 
 
+def plan(cfg: DataConfig) -> dict[str, Any]:
+    """What :func:`prepare` would do, without encoding: sources found, cache entry, whether cached.
+
+    Checks the files (missing or empty splits are the usual errors) and computes the cache
+    key; ``skipxl data prepare --dry_run`` prints it.
+    """
+    payload, fingerprints, _ = _describe(cfg)
+    root = resolve_cache_root(cfg)
+    path = entry_path(root, cfg.corpus, cache_key(payload))
+    return {
+        "config": to_dict(cfg),
+        "sources": fingerprints,
+        "cache_entry": str(path),
+        "cached": (path / "meta.json").is_file(),
+    }
+
+
 def prepare(cfg: DataConfig, *, rebuild: bool = False) -> dict[str, Any]:
     """Encode and cache ``cfg``'s corpus; return its summary (``skipxl data prepare``)."""
     start = time.perf_counter()
