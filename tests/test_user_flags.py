@@ -461,3 +461,27 @@ def test_eval_and_data_prepare_dry_runs_do_no_work(capsys, tmp_path):
     code, out, err = _run(capsys, argv)
     assert code == 0, err
     assert _strict(out)["cached"] is False and not any(cache.glob("*/meta.json"))
+
+
+def test_glue_honours_the_users_deepspeed_json(tmp_path):
+    from skipxl.errors import SkipxlError
+    from skipxl.glue.sweep import resolve_sweep
+
+    glue = tmp_path / "glue" / "RTE"
+    glue.mkdir(parents=True)
+    for split in ("train", "dev"):
+        (glue / f"{split}.tsv").write_text("index\tsentence1\tsentence2\tlabel\n0\ta b\tc d\tentailment\n")
+    user = tmp_path / "ds.json"
+    save_json({"train_micro_batch_size_per_gpu": 4, "gradient_clipping": 0.5}, user)
+    common = dict(
+        task="rte", glue_dir=str(tmp_path / "glue"), model="tiny-random", deepspeed_config=str(user)
+    )
+    cfg, ds, micro, accum = resolve_sweep(**common)
+    assert (micro, accum, ds["gradient_clipping"], cfg.base.grad_clip) == (4, 8, 0.5, 0.5)
+    with pytest.raises(SkipxlError, match=r"train_micro_batch_size_per_gpu 4 .* --micro_batch 2"):
+        resolve_sweep(**common, micro_batch="2")
+    with pytest.raises(SkipxlError, match=r"gradient_clipping 0.5 .* --grad_clip 1.0"):
+        resolve_sweep(**common, grad_clip="1.0")
+    save_json({"scheduler": {"type": "WarmupLR"}}, user)
+    with pytest.raises(SkipxlError, match="--warmup_ratio"):
+        resolve_sweep(**common)

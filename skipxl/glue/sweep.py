@@ -346,7 +346,14 @@ def resolve_sweep(
     ds_path = resolve_ds_name(base.ds_config)
     ds_json = load_ds_config(ds_path)
     source = str(resolve_ds_config_path(ds_path))
-    check_supported(ds_json, source, {"optimizer": "--lr, --adam_eps, --weight_decay"})
+    check_supported(
+        ds_json,
+        source,
+        {
+            "optimizer": "--lr, --adam_eps, --weight_decay",
+            "scheduler": "--warmup_ratio (linear warm-up, decay)",
+        },
+    )
     names = {"global_batch": "batch_size", "clip": "grad_clip"}
     current = {
         "global_batch": base.batch_size,
