@@ -21,23 +21,33 @@ from skipxl.engine.distributed import ensure_accelerator_env
 
 ensure_accelerator_env()  # before anything imports deepspeed
 
-import fire  # noqa: E402
+from fire.core import FireExit  # noqa: E402
 
+from skipxl.cli import check_flags, fire_command  # noqa: E402
 from skipxl.engine.distributed import shutdown_multi_rank  # noqa: E402
 from skipxl.errors import SkipxlError  # noqa: E402
 from skipxl.glue import report, sweep  # noqa: E402
 
 
 def cli() -> None:
-    """``report SWEEP_DIR`` prints a report; anything else runs a sweep (then reports)."""
+    """``report SWEEP_DIR`` prints a report; anything else runs a sweep (then reports).
+
+    Every flag is checked before any work (a misspelt one is one ``error:`` line, exit 2);
+    ``--dry_run`` prints the resolved sweep and its DeepSpeed JSON.
+    """
     try:
         if len(sys.argv) > 1 and sys.argv[1] == "report":
-            fire.Fire(report.main, command=sys.argv[2:], name="glue.py report")
+            check_flags(report.main, sys.argv[2:], "glue.py report")
+            fire_command(report.main, sys.argv[2:], "glue.py report")
+        elif any(a in ("--help", "-h") for a in sys.argv[1:]):
+            print(sweep.glue_help())
         else:
-            fire.Fire(sweep.main, name="glue.py")
+            fire_command(sweep.main, sys.argv[1:], "glue.py")
     except SkipxlError as err:
         print(f"error: {err}", file=sys.stderr)
         sys.exit(2)
+    except FireExit as exc:
+        sys.exit(int(exc.code or 0))
     shutdown_multi_rank()
 
 

@@ -6,7 +6,8 @@
     skipxl eval RUN_DIR [--split test] [--tgt_len 64 --mem_len 640 --clamp_len 400 --same_length]
     skipxl compare RUN_DIR [RUN_DIR ...] [--group] [--png curves.png]
     skipxl data prepare --corpus wt103 --data_dir data/wikitext-103
-    skipxl export RUN_DIR
+    skipxl export RUN_DIR [--format safetensors|original]
+    skipxl import-original MODEL_ORIGINAL.pt --out DIR [--hparams JSON]
     skipxl memory ...                 (skipxl.profiling)
     skipxl tying RUN_DIR [RUN_DIR ...] [--png tying.png]   (Dynamic Layer Tying heat-map)
     skipxl glue-report SWEEP_DIR      (skipxl.glue)
@@ -25,6 +26,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from skipxl.config_io import dumps
 from skipxl.errors import SkipxlError
 
 
@@ -37,7 +39,7 @@ def _coerce(name: str, value: Any, tp: Any) -> Any:
 def train(
     recipe: str = "builtin",
     preset: str | None = None,
-    variant: str = "baseline",
+    variant: str | None = None,
     data_dir: str | None = None,
     out: str | None = None,
     ds_config: str | None = None,
@@ -99,10 +101,7 @@ def train(
         beta=beta,
         **overrides,
     )
-    if resume:
-        flags = {k: v for k, v in flags.items() if v is not None and not (k == "variant" and v == "baseline")}
-    else:
-        flags = {k: v for k, v in flags.items() if v is not None or k in ("variant",)}
+    flags = {k: v for k, v in flags.items() if v is not None}  # unset: the recipe's (or --config's) value
     result = run(
         _coerce("recipe", recipe, str),
         resume=resume,
@@ -118,7 +117,7 @@ def train(
         return
     if result.finished:
         print(
-            json.dumps(
+            dumps(
                 {
                     "run_dir": str(result.run_dir),
                     "step": result.step,
@@ -128,11 +127,7 @@ def train(
             )
         )
         return
-    print(
-        f"stopped at step {result.step} ({result.interrupted_by}); "
-        f"resume with --resume --out {result.run_dir}",
-        file=sys.stderr,
-    )
+    # the training loop printed "stopped at step N (...); resume with --resume --out RUN_DIR" once
     if result.interrupted_by in ("SIGTERM", "SIGINT"):
         raise SystemExit(128 + int(getattr(signal, result.interrupted_by)))
 
@@ -149,6 +144,7 @@ def eval_(
     max_batches: int | None = None,
     tag: str | None = None,
     device: str | None = None,
+    dry_run: bool = False,
 ) -> None:
     """Evaluate a run's latest checkpoint with the Transformer-XL protocol; print and save the metrics.
 
@@ -164,6 +160,7 @@ def eval_(
         max_batches: score only this many segments per stream (quick look).
         tag: checkpoint folder name (default: latest).
         device: cpu or cuda (default: cuda when available).
+        dry_run: print the protocol and checkpoint that would be scored; score nothing.
     """
     from skipxl.engine.distributed import ensure_accelerator_env
     from skipxl.engine.evaluate import evaluate_run
@@ -181,6 +178,13 @@ def eval_(
     ):
         if value is not None:
             overrides[name] = _coerce(name, value, tp)
+    if _coerce("dry_run", dry_run, bool):
+        print(
+            dumps(
+                _eval_plan(_coerce("run_dir", run_dir, str), split, overrides, tag), indent=2, sort_keys=True
+            )
+        )
+        return
     row = evaluate_run(
         _coerce("run_dir", run_dir, str),
         split=_coerce("split", split, str),
@@ -189,16 +193,43 @@ def eval_(
         tag=_coerce("tag", tag, str | None),
         device=_coerce("device", device, str | None),
     )
-    print(json.dumps(row, indent=2, sort_keys=True))
+    print(dumps(row, indent=2, sort_keys=True))
+
+
+def _eval_plan(run_dir: str, split: str, overrides: dict[str, Any], tag: Any) -> dict[str, Any]:
+    """The protocol and checkpoint ``skipxl eval`` would use (its ``--dry_run``)."""
+    import dataclasses
+
+    from skipxl.config_io import load_json
+    from skipxl.engine.checkpoint import resolve_tag
+    from skipxl.engine.config import run_config_from_dict
+    from skipxl.engine.evaluate import SPLIT_ALIASES, Protocol
+
+    path = Path(run_dir)
+    if not (path / "config.json").is_file():
+        raise SkipxlError(
+            f"{path} is not a run folder (no config.json); pass the --out folder of a training run"
+        )
+    if split not in SPLIT_ALIASES:
+        raise SkipxlError(f"unknown --split {split!r}; choose valid or test (or train)")
+    cfg = run_config_from_dict(load_json(path / "config.json"))
+    protocol = Protocol.from_eval_config(dataclasses.replace(cfg.eval, **overrides))
+    return {
+        "run": str(path),
+        "split": SPLIT_ALIASES[split],
+        "protocol": dataclasses.asdict(protocol),
+        "checkpoint": resolve_tag(path / "checkpoints", _coerce("tag", tag, str | None)),
+    }
 
 
 def compare(*run_dirs: str, png: str | None = None, group: bool = False) -> None:
-    """Markdown table (variant, params, best val, test, tokens/s, peak memory) + PNG of validation curves.
+    """Markdown table (variant, params, in-training best val, final val/test, tokens/s, memory) + PNG + CSV.
 
     Args:
         run_dirs: run folders, or folders that contain run folders.
-        png: where to write the validation-curve plot (default: <parent of the first run>/compare.png).
-        group: average runs that differ only in the seed (mean ± std).
+        png: where to write the plot (default: <parent of the first run>/compare.png, or
+            compare_group.png with --group); the CSV goes beside it.
+        group: average runs that differ only in the seed (mean ± std, bands in the plot).
     """
     from skipxl.engine.compare import compare as _compare
 
@@ -228,6 +259,7 @@ def data_prepare(
     data_dir: str | None = None,
     source: str = "local",
     rebuild: bool = False,
+    dry_run: bool = False,
     **options: Any,
 ) -> None:
     """Encode a corpus once and cache it (later loads are memory-mapped).
@@ -237,10 +269,12 @@ def data_prepare(
         data_dir: folder holding the corpus files.
         source: local (files in data_dir) or hub (WikiText from the Hugging Face hub; needs network).
         rebuild: re-encode even when the cache is valid.
+        dry_run: check the files and print the resolved config and cache entry; encode nothing.
         options: other DataConfig fields (vocab, spm_model, char_convention, cache_dir, ...).
     """
     from skipxl.config_io import from_dict
     from skipxl.data import DataConfig, prepare
+    from skipxl.data.corpus import plan
 
     fields = {
         "corpus": _coerce("corpus", corpus, str),
@@ -248,17 +282,31 @@ def data_prepare(
         "source": _coerce("source", source, str),
         **options,
     }
-    summary = prepare(from_dict(DataConfig, fields), rebuild=_coerce("rebuild", rebuild, bool))
-    print(json.dumps(summary, indent=2, sort_keys=True, default=str))
+    cfg = from_dict(DataConfig, fields)
+    if _coerce("dry_run", dry_run, bool):
+        print(dumps(plan(cfg), indent=2, sort_keys=True, default=str))
+        return
+    summary = prepare(cfg, rebuild=_coerce("rebuild", rebuild, bool))
+    print(dumps(summary, indent=2, sort_keys=True, default=str))
 
 
-def export(run_dir: str, tag: str | None = None, out: str | None = None) -> None:
-    """Write a plain fp32 state_dict (model.pt) and config.json for inference, without DeepSpeed.
+def export(
+    run_dir: str,
+    tag: str | None = None,
+    out: str | None = None,
+    format: str = "safetensors",
+    vocab: bool = True,
+) -> None:
+    """Write an inference export (weights, config.json, vocab.json), usable without DeepSpeed.
 
     Args:
         run_dir: a training run folder.
         tag: checkpoint folder name (default: latest).
         out: destination folder (default: RUN_DIR/export).
+        format: safetensors (model.safetensors; skipxl.engine.checkpoint.load_exported reads it) or
+            original (model_original.pt: the original Transformer-XL MemTransformerLM state dict and
+            constructor arguments; skipxl import-original reads it back).
+        vocab: also write the run's vocabulary as vocab.json (needs the run's corpus).
     """
     from skipxl.engine.checkpoint import export as _export
     from skipxl.engine.distributed import ensure_accelerator_env
@@ -269,8 +317,33 @@ def export(run_dir: str, tag: str | None = None, out: str | None = None) -> None
         Path(_coerce("run_dir", run_dir, str)),
         tag=_coerce("tag", tag, str | None),
         out=None if out is None else Path(_coerce("out", out, str)),
+        format=_coerce("format", format, str),
+        vocab=_coerce("vocab", vocab, bool),
     )
     print(str(path))
+
+
+def import_original(path: str, out: str, hparams: Any = None) -> None:
+    """Turn an original Transformer-XL state dict into a skipxl export folder (model.safetensors + config).
+
+    Args:
+        path: a file of `skipxl export --format original` or a bare MemTransformerLM state dict.
+        out: the export folder to write (load it with skipxl.engine.checkpoint.load_exported).
+        hparams: the original constructor's arguments as JSON (needed for a bare state dict).
+    """
+    from skipxl.engine.checkpoint import import_original as _import
+
+    params = hparams
+    if isinstance(params, str):
+        try:
+            params = json.loads(params)
+        except json.JSONDecodeError as exc:
+            raise SkipxlError(
+                f"--hparams is not JSON ({exc}); pass e.g. '{{\"n_token\": 10000, ...}}'"
+            ) from None
+    if params is not None and not isinstance(params, dict):
+        raise SkipxlError("--hparams must be a JSON object of the original constructor's arguments")
+    print(str(_import(Path(_coerce("path", path, str)), Path(_coerce("out", out, str)), hparams=params)))
 
 
 def _lazy(module: str, attr: str, what: str) -> Any:
@@ -327,6 +400,8 @@ COMMANDS: dict[str, Any] = {
     "tying": tying,
     "data": {"prepare": data_prepare},
     "export": export,
+    "import-original": import_original,
+    "import_original": import_original,
     **{name: _lazy_command(name) for name in LAZY_COMMANDS},
 }
 
@@ -358,6 +433,54 @@ def _command_words() -> set[str]:
     return words
 
 
+def check_flags(fn: Any, argv: Sequence[str], what: str) -> None:
+    """Refuse a ``--flag`` that ``fn`` does not take, before fire calls it.
+
+    fire calls a function with the flags it can bind and only *then* complains about the
+    rest ("Could not consume arg"), after the work is done; a function that takes
+    ``**kwargs`` checks its own flags (see :mod:`skipxl.engine.flags`).
+    """
+    import inspect
+
+    from skipxl.engine.flags import unknown_flag
+
+    params = inspect.signature(fn).parameters
+    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
+        return
+    names = set(params)
+    for arg in argv:
+        if arg == "--":
+            break
+        if not arg.startswith("--") or arg in ("--help",):
+            continue
+        name = arg[2:].partition("=")[0].replace("-", "_")
+        if name not in names and not (name.startswith("no") and name[2:] in names):
+            raise unknown_flag(name, names, what)
+
+
+def fire_command(component: Any, argv: Sequence[str], name: str) -> None:
+    """``fire.Fire`` with fire's own errors as one ``error: ...`` line (not ``ERROR:`` + usage)."""
+    from unittest import mock
+
+    import fire
+
+    def display_error(trace: Any) -> None:
+        print(f"error: {trace.elements[-1].ErrorAsStr()}; see `{name} --help`", file=sys.stderr)
+
+    with mock.patch.object(fire.core, "_DisplayError", display_error):
+        fire.Fire(component, command=list(argv), name=name)
+
+
+def _target(argv: list[str]) -> tuple[Any, list[str], str]:
+    """The function ``argv`` runs, the arguments it gets and its command name."""
+    node: Any = COMMANDS
+    words = []
+    while isinstance(node, dict) and argv and argv[0] in node:
+        words.append(argv[0])
+        node = node[argv.pop(0)]
+    return node, argv, " ".join(words)
+
+
 def main(argv: Sequence[str] | None = None, *, name: str = "skipxl") -> int:
     """Entry point of the console script; returns the exit status."""
     import fire
@@ -365,10 +488,20 @@ def main(argv: Sequence[str] | None = None, *, name: str = "skipxl") -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     commands = dict(COMMANDS)
     try:
+        if argv and argv[0] == "train" and _asks_for_help(argv):
+            from skipxl.engine.recipe import train_help
+
+            script = name != "skipxl"
+            prog = name if script else f"{name} train"
+            print(train_help(prog, recipe=_recipe_of(argv), script=script))
+            return 0
         if argv and argv[0] in LAZY_COMMANDS and _asks_for_help(argv):
             module, attr, _ = LAZY_COMMANDS[argv[0]]
             commands[argv[0]] = _lazy(module, attr, argv[0])  # describe the real signature
-        fire.Fire(commands, command=_help_argv(argv), name=name)
+        fn, rest, words = _target(list(argv))
+        if callable(fn) and not _asks_for_help(argv):
+            check_flags(fn, rest, f"`{name} {words}`".replace(" `", "`"))
+        fire_command(commands, _help_argv(argv), name)
     except SkipxlError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
@@ -389,7 +522,23 @@ def recipe_main(recipe: str, argv: Sequence[str] | None = None) -> int:
     if argv and not argv[0].startswith("-"):
         print(f"error: recipes take only --flags (got {argv[0]!r}); see --help", file=sys.stderr)
         return 2
+    if any(a == "--recipe" or a.startswith("--recipe=") for a in argv):
+        print(
+            f"error: recipes/{recipe}.py is the {recipe} recipe; drop --recipe "
+            "(or run `skipxl train --recipe NAME` for another one)",
+            file=sys.stderr,
+        )
+        return 2
     return main(["train", f"--recipe={recipe}", *argv], name=Path(sys.argv[0]).name)
+
+
+def _recipe_of(argv: list[str]) -> str | None:
+    for i, a in enumerate(argv):
+        if a.startswith("--recipe="):
+            return a.partition("=")[2]
+        if a == "--recipe" and i + 1 < len(argv):
+            return argv[i + 1]
+    return None
 
 
 if __name__ == "__main__":

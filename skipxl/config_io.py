@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import types
 import typing
 from pathlib import Path
@@ -69,12 +70,36 @@ def from_dict(cls: type[T], data: dict[str, Any]) -> T:
     return cls(**kwargs)
 
 
+def json_safe(obj: Any) -> Any:
+    """:func:`to_dict`, with NaN and +-inf as ``None``: strict JSON that every parser reads.
+
+    Python's ``json`` writes ``Infinity``/``NaN``, which is not JSON (RFC 8259): jq, JavaScript
+    and strict parsers reject the file. An undefined number (no best validation yet, a
+    diverged loss) is ``null`` instead.
+    """
+    obj = to_dict(obj)
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    if isinstance(obj, dict):
+        return {k: json_safe(v) for k, v in obj.items()}
+    if isinstance(obj, list):
+        return [json_safe(v) for v in obj]
+    if hasattr(obj, "item") and callable(obj.item) and not isinstance(obj, (str, bytes)):
+        return json_safe(obj.item())  # numpy / torch scalars
+    return obj
+
+
+def dumps(obj: Any, **kwargs: Any) -> str:
+    """``json.dumps`` of :func:`json_safe` ``(obj)``, refusing anything non-strict."""
+    return json.dumps(json_safe(obj), allow_nan=False, **kwargs)
+
+
 def save_json(obj: Any, path: Path) -> None:
-    """Write ``obj`` (dataclass or JSON-able) to ``path`` atomically (write then rename)."""
+    """Write ``obj`` (dataclass or JSON-able) to ``path`` atomically (write then rename), strict JSON."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(to_dict(obj), indent=2, sort_keys=True) + "\n")
+    tmp.write_text(dumps(obj, indent=2, sort_keys=True) + "\n")
     tmp.replace(path)
 
 

@@ -77,6 +77,30 @@ def test_recipe_trains_evaluates_and_writes_the_run_folder(runs):
     assert combined["model"]["cross_head"]["beta"] == 0.5
 
 
+def _strict(text):
+    def refuse(name):
+        raise ValueError(f"non-JSON constant {name}")
+
+    return json.loads(text, parse_constant=refuse)
+
+
+def test_run_folder_is_strict_json_and_its_config_reruns(runs, tmp_path, capsys):
+    base, _ = runs
+    run = base / "baseline"
+    results = _strict((run / "results.json").read_text())  # a baseline has no best phase-1 val: null
+    assert results["phase"]["best_val"] is None
+    for line in (run / "metrics.jsonl").read_text().splitlines():
+        _strict(line)
+    saved = _strict((run / "config.json").read_text())
+    assert _strict((run / "ds_config.json").read_text()) == saved["ds_config"]  # the JSON actually used
+    assert (
+        main(["train", "--config", str(run / "config.json"), "--out", str(tmp_path / "again"), "--dry_run"])
+        == 0
+    )
+    again = _strict(capsys.readouterr().out)
+    assert again == {**saved, "out_dir": str(tmp_path / "again")}
+
+
 def test_eval_command_passes_the_protocol_and_saves(runs):
     base, _ = runs
     res = run_cli(
@@ -135,6 +159,26 @@ def test_export_gives_a_plain_fp32_model(runs, tmp_path):
     for key, value in model.state_dict().items():
         assert value.dtype != torch.bfloat16 and torch.equal(value, ref[key]), key
     assert json.loads((tmp_path / "exp" / "config.json").read_text())["variant"] == "combined"
+    assert (tmp_path / "exp" / "model.safetensors").is_file() and not (tmp_path / "exp" / "model.pt").exists()
+    from skipxl.data import Vocab
+
+    assert Vocab.load(tmp_path / "exp" / "vocab.json").size == model.cfg.n_token
+    # the original implementation's format, and back through the CLI
+    res = run_cli("export", str(base / "baseline"), "--format", "original", "--out", str(tmp_path / "orig"))
+    assert res.returncode == 0, res.stderr[-2000:]
+    blob = torch.load(tmp_path / "orig" / "model_original.pt", weights_only=True)
+    assert (
+        blob["hparams"]["n_layer"] == model.cfg.n_layer
+        and "word_emb.emb_layers.0.weight" in blob["state_dict"]
+    )
+    res = run_cli(
+        "import-original", str(tmp_path / "orig" / "model_original.pt"), "--out", str(tmp_path / "back")
+    )
+    assert res.returncode == 0, res.stderr[-2000:]
+    back = load_exported(tmp_path / "back")
+    ref = fp32_state_dict(base / "baseline" / "checkpoints")
+    assert all(torch.equal(v, ref[k]) for k, v in back.state_dict().items())
+    assert "--format" in run_cli("export", str(base / "baseline"), "--format", "onnx").stderr
 
 
 def test_data_prepare_command():
@@ -161,7 +205,7 @@ def test_help_is_useful(args):
     res = run_cli(*args)
     assert res.returncode == 0 and "Traceback" not in res.stderr
     text = res.stdout + res.stderr  # fire writes help to stderr
-    assert "NAME" in text or "COMMAND" in text
+    assert "NAME" in text or "COMMAND" in text or text.startswith("usage: skipxl train")
     if args[0] == "train":
         assert "--variant" in text and "--resume" in text
     if args[0] == "eval":
@@ -256,7 +300,9 @@ def test_missing_optional_command_module_is_a_clear_error():
 def test_stop_and_resume_through_the_command(tmp_path, capsys):
     out = str(tmp_path / "run")
     assert main(["train", "--max_steps", "4", "--stop_at_step", "2", "--out", out, *SMALL]) == 0
-    assert "resume with --resume" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert err.count("resume with --resume") == 1, err  # the stop message is printed once
+    assert "stopped at step 2" in (tmp_path / "run" / "train.log").read_text()
     line = _one_error_line(capsys, ["train", "--resume", "--out", out, "--lr", "0.1"])
     assert "stored configuration" in line
     assert main(["train", "--resume", "--out", out, "--progress", "False"]) == 0

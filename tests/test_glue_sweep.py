@@ -399,3 +399,36 @@ def test_two_ranks_train_like_one(tmp_path: Path, ds_config: str) -> None:
     assert stage == {"cpu": 0, "cpu_zero2": 2, "cpu_zero3": 3}[ds_config]
     assert len(losses[1]) == 3
     assert losses[2] == pytest.approx(losses[1], rel=1e-5)
+
+
+@pytest.mark.slow
+def test_save_model_writes_a_from_pretrained_folder_and_ds_config(tmp_path: Path) -> None:
+    """--save_model: save_pretrained + tokenizer (stock attention), loadable by plain transformers."""
+    glue, out = make_rte(tmp_path / "glue"), tmp_path / "out"
+    cmd = [sys.executable, str(REPO / "recipes" / "glue.py"), "--glue_dir", str(glue), "--out", str(out)]
+    cmd += ["--task", "rte", "--variants", "cross_head", "--seeds", "0", "--model", "tiny-random"]
+    cmd += [
+        "--max_steps",
+        "2",
+        "--batch_size",
+        "8",
+        "--max_eval_examples",
+        "16",
+        "--save_model",
+        "--report",
+        "False",
+    ]
+    cmd += ["--attn_implementation", "eager"]
+    env = {**os.environ, "DS_ACCELERATOR": "cpu", "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600, check=False)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    run = out / "rte" / "cross_head" / "seed_0"
+    assert json.loads((run / "ds_config.json").read_text())["train_batch_size"] == 8
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    model = AutoModelForSequenceClassification.from_pretrained(run / "model")
+    tokenizer = AutoTokenizer.from_pretrained(run / "model")
+    assert (run / "model" / "model.safetensors").is_file() and model.config.num_labels == 2
+    saved = (run / "model" / "config.json").read_text()
+    assert "cross_head_sdpa" not in saved and "cross_head_eager" not in saved  # stock attention
+    assert tokenizer("a cat sat")["input_ids"][0] == tokenizer.cls_token_id

@@ -76,7 +76,7 @@ def find_split_files(data_dir: str | os.PathLike[str], corpus: str) -> dict[str,
                 f"; subfolders here: {nested} - point data_dir at the one holding the files" if nested else ""
             )
             raise SkipxlError(
-                f"no {split} split in {root}: expected one of {candidates[:2]} "
+                f"no {split} split in {root}: expected wiki.{split}.tokens or {split}.txt "
                 f"(optionally .xz/.gz compressed){hint}"
             )
         path = found[0]
@@ -156,11 +156,17 @@ def count_words(sources: Sequence[LineChunks]) -> Counter[str]:
     return counter
 
 
-def encode_word_split(chunks: LineChunks, vocab: Vocab, out: BinaryIO, dtype: np.dtype[Any]) -> int:
-    """Encode one split chunk by chunk into ``out`` (raw ``dtype`` ids); returns the count."""
+def encode_word_split(
+    chunks: LineChunks, vocab: Vocab, out: BinaryIO, dtype: np.dtype[Any], stats: dict[str, int] | None = None
+) -> int:
+    """Encode one split chunk by chunk into ``out`` (raw ``dtype`` ids); returns the count.
+
+    ``stats["unseen"]`` (when given) counts the tokens the vocabulary does not hold, which
+    became ``<unk>`` (a literal ``<unk>`` in the text is not counted).
+    """
     lookup = vocab.lookup
     unk = vocab.unk_id
-    total = 0
+    total = unseen = 0
     for lines in chunks():
         tokens = chunk_tokens(lines)
         try:
@@ -168,10 +174,25 @@ def encode_word_split(chunks: LineChunks, vocab: Vocab, out: BinaryIO, dtype: np
         except KeyError:
             require(unk is not None, "an unknown word met a vocabulary without <unk>")
             get = lookup.get
-            ids = np.fromiter((get(t, unk) for t in tokens), dtype=np.int64, count=len(tokens))
+            ids = np.fromiter((get(t, -1) for t in tokens), dtype=np.int64, count=len(tokens))
+            unseen += int((ids < 0).sum())
+            ids[ids < 0] = unk
         out.write(ids.astype(dtype).tobytes())
         total += len(ids)
+    if stats is not None:
+        stats["unseen"] = unseen
     return total
+
+
+def unseen_warning(unseen: dict[str, int], lengths: dict[str, int], counted: Sequence[str]) -> str | None:
+    """One line saying how many tokens of each split became ``<unk>`` as unseen words, or ``None``."""
+    parts = [f"{n / max(lengths[s], 1):.1%} of {s} ({n} tokens)" for s, n in unseen.items() if n]
+    if not parts:
+        return None
+    return (
+        f"warning: {', '.join(parts)} are words the vocabulary (counted on {'+'.join(counted)}) does not "
+        "hold; they are scored as <unk>, which lowers the perplexity (set count_splits to include them)"
+    )
 
 
 def count_subwords(sources: Sequence[LineChunks], sp: Any) -> np.ndarray:

@@ -13,6 +13,7 @@ Concurrent builders are safe (atomic rename) but would each do the work.
 
 from __future__ import annotations
 
+import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -37,6 +38,7 @@ from skipxl.data.cache import (
 from skipxl.data.config import CHAR_CORPORA, SPLITS, DataConfig, resolve_cache_root
 from skipxl.data.vocab import Vocab
 from skipxl.errors import require
+from skipxl.progress import progress_bar
 
 Builder = Callable[[EntryWriter], tuple[Vocab, dict[str, int]]]
 
@@ -129,11 +131,21 @@ def _describe_text(cfg: DataConfig) -> tuple[dict[str, Any], list[dict[str, Any]
     def build(writer: EntryWriter) -> tuple[Vocab, dict[str, int]]:
         vocab = corpora.build_text_vocab(cfg, sources)
         dtype = ids_dtype(vocab.size)
-        encode = corpora.encode_subword_split if vocab.level == "subword" else corpora.encode_word_split
-        lengths = {}
+        lengths, unseen = {}, {}
+        bar = progress_bar(len(SPLITS), f"encode {cfg.corpus}", "split")
         for split in SPLITS:
             with writer.split(split) as f:
-                lengths[split] = encode(sources[split], vocab, f, dtype)
+                if vocab.level == "subword":
+                    lengths[split] = corpora.encode_subword_split(sources[split], vocab, f, dtype)
+                else:
+                    stats: dict[str, int] = {}
+                    lengths[split] = corpora.encode_word_split(sources[split], vocab, f, dtype, stats)
+                    unseen[split] = stats["unseen"]
+            bar.update()
+        bar.close()
+        warning = corpora.unseen_warning(unseen, lengths, cfg.vocab_splits)
+        if warning is not None:
+            print(warning, file=sys.stderr, flush=True)
         return vocab, lengths
 
     return payload, fingerprints, build
@@ -215,6 +227,23 @@ def load_corpus(cfg: DataConfig, *, rebuild: bool = False) -> Corpus:
         require(entry is not None, f"the data cache entry {path} could not be read back; delete it and retry")
     assert entry is not None
     return Corpus(cfg, entry.vocab, entry.splits, entry.path, hit, entry.meta)
+
+
+def plan(cfg: DataConfig) -> dict[str, Any]:
+    """What :func:`prepare` would do, without encoding: sources found, cache entry, whether cached.
+
+    Checks the files (missing or empty splits are the usual errors) and computes the cache
+    key; ``skipxl data prepare --dry_run`` prints it.
+    """
+    payload, fingerprints, _ = _describe(cfg)
+    root = resolve_cache_root(cfg)
+    path = entry_path(root, cfg.corpus, cache_key(payload))
+    return {
+        "config": to_dict(cfg),
+        "sources": fingerprints,
+        "cache_entry": str(path),
+        "cached": (path / "meta.json").is_file(),
+    }
 
 
 def prepare(cfg: DataConfig, *, rebuild: bool = False) -> dict[str, Any]:

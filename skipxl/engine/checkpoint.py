@@ -299,27 +299,73 @@ def fp32_state_dict(ckpt_dir: Path, tag: str | None = None) -> dict[str, torch.T
     }
 
 
-def export(run_dir: Path, *, tag: str | None = None, out: Path | None = None) -> Path:
-    """Write ``model.pt`` (plain fp32 state_dict) and ``config.json`` (the ModelConfig) for inference.
+#: Export formats: ``safetensors`` (skipxl's own names, loads with :func:`load_exported`) and
+#: ``original`` (the original Transformer-XL ``MemTransformerLM`` state dict + its constructor
+#: arguments, through :mod:`skipxl.convert`).
+EXPORT_FORMATS = ("safetensors", "original")
+SAFETENSORS_FILE = "model.safetensors"
+ORIGINAL_FILE = "model_original.pt"
+VOCAB_FILE = "vocab.json"
 
-    Load it back with :func:`load_exported`; nothing of DeepSpeed is needed to use it.
+
+def _save_safetensors(state: dict[str, torch.Tensor], path: Path) -> None:
+    """Atomic ``safetensors`` write; tied weights are stored once per name (no shared storage)."""
+    from safetensors.torch import save_file
+
+    tmp = path.with_name(path.name + ".tmp")
+    save_file(
+        {k: v.detach().clone().contiguous() for k, v in state.items()}, str(tmp), metadata={"format": "pt"}
+    )
+    os.replace(tmp, path)
+
+
+def export(
+    run_dir: Path,
+    *,
+    tag: str | None = None,
+    out: Path | None = None,
+    format: str = "safetensors",
+    vocab: bool = True,
+) -> Path:
+    """Write an inference export of a run: weights, ``config.json`` and the vocabulary.
+
+    ``format="safetensors"``: ``model.safetensors`` (plain fp32, no pickle), which
+    :func:`load_exported` rebuilds without DeepSpeed. ``format="original"``:
+    ``model_original.pt`` = ``{"state_dict", "hparams"}`` for the original implementation's
+    ``MemTransformerLM(**hparams).load_state_dict(state_dict)`` (``skipxl import-original``
+    reads it back). ``vocab.json`` is the run's vocabulary (``Vocab.load``), so ids decode to
+    words; ``vocab=False`` skips it when the corpus is not at hand.
     """
     from skipxl.config_io import load_json, save_json
 
+    if format not in EXPORT_FORMATS:
+        raise SkipxlError(f"unknown export --format {format!r}; choose one of {EXPORT_FORMATS}")
     run_dir = Path(run_dir)
     config = load_json(run_dir / rd.CONFIG)
     state = fp32_state_dict(run_dir / rd.CHECKPOINTS, tag)
     out = Path(out) if out is not None else run_dir / rd.EXPORT
     out.mkdir(parents=True, exist_ok=True)
-    tmp = out / "model.pt.tmp"
-    torch.save(state, tmp)
-    os.replace(tmp, out / "model.pt")
+    if format == "safetensors":
+        _save_safetensors(state, out / SAFETENSORS_FILE)
+    else:
+        from skipxl.convert import original_hparams, to_original
+        from skipxl.model import ModelConfig, TransformerXL
+
+        cfg = ModelConfig.from_dict(config["model"])
+        model = TransformerXL(cfg)
+        model.load_state_dict(state)
+        tmp = out / (ORIGINAL_FILE + ".tmp")
+        torch.save({"state_dict": to_original(model), "hparams": original_hparams(cfg)}, tmp)
+        os.replace(tmp, out / ORIGINAL_FILE)
+    if vocab:
+        _export_vocab(config, out / VOCAB_FILE)
     save_json(
         {
             "model": config["model"],
             "data": config.get("data"),
             "variant": config.get("variant"),
             "preset": config.get("preset"),
+            "format": format,
             "source_run": str(run_dir.resolve()),
             "checkpoint": resolve_tag(run_dir / rd.CHECKPOINTS, tag),
         },
@@ -328,21 +374,83 @@ def export(run_dir: Path, *, tag: str | None = None, out: Path | None = None) ->
     return out
 
 
+def _export_vocab(config: dict[str, Any], path: Path) -> None:
+    from skipxl.config_io import from_dict
+    from skipxl.data import DataConfig, load_corpus
+
+    try:
+        corpus = load_corpus(from_dict(DataConfig, config["data"]))
+    except SkipxlError as exc:
+        raise SkipxlError(
+            f"the run's vocabulary cannot be loaded ({exc}); pass --vocab False to export without it"
+        ) from None
+    corpus.vocab.save(path)
+
+
+def import_original(path: Path, out: Path, *, hparams: dict[str, Any] | None = None) -> Path:
+    """An export folder (``model.safetensors`` + ``config.json``) from an original-format file.
+
+    ``path`` holds ``{"state_dict", "hparams"}`` (what ``skipxl export --format original``
+    writes) or a bare original ``state_dict``, whose constructor arguments ``hparams`` gives.
+    """
+    from skipxl.config_io import save_json, to_dict
+    from skipxl.convert import from_original
+
+    path = Path(path)
+    if not path.is_file():
+        raise SkipxlError(f"{path} does not exist; pass an original Transformer-XL state dict file")
+    try:
+        blob = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:
+        raise SkipxlError(
+            f"{path} is unreadable ({type(exc).__name__}: {exc}); pass a torch.save file"
+        ) from exc
+    if isinstance(blob, dict) and "state_dict" in blob:
+        state, stored = blob["state_dict"], blob.get("hparams")
+    else:
+        state, stored = blob, None
+    params = hparams if hparams is not None else stored
+    if params is None:
+        raise SkipxlError(
+            f"{path} is a bare state dict; pass --hparams with the original constructor's arguments "
+            '(e.g. \'{"n_token": 267735, "n_layer": 16, ...}\')'
+        )
+    model = from_original(state, **params)
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    _save_safetensors(model.state_dict(), out / SAFETENSORS_FILE)
+    save_json(
+        {"model": to_dict(model.cfg), "format": "safetensors", "source": str(path.resolve())},
+        out / "config.json",
+    )
+    return out
+
+
 def load_exported(path: Path) -> torch.nn.Module:
-    """Rebuild a :class:`~skipxl.model.TransformerXL` from an ``export`` folder (eval mode)."""
+    """Rebuild a :class:`~skipxl.model.TransformerXL` from an ``export`` folder (eval mode).
+
+    Reads ``model.safetensors`` (or ``model.pt`` from exports of earlier versions).
+    """
     from skipxl.config_io import load_json
     from skipxl.model import ModelConfig, TransformerXL
 
     path = Path(path)
     cfg = ModelConfig.from_dict(load_json(path / "config.json")["model"])
     model = TransformerXL(cfg)
+    weights = path / SAFETENSORS_FILE
+    if not weights.is_file() and (path / "model.pt").is_file():
+        weights = path / "model.pt"
     try:
-        state = torch.load(path / "model.pt", map_location="cpu", weights_only=True)
+        if weights.suffix == ".safetensors":
+            from safetensors.torch import load_file
+
+            state = load_file(str(weights))
+        else:
+            state = torch.load(weights, map_location="cpu", weights_only=True)
     except FileNotFoundError:
-        raise SkipxlError(f"{path / 'model.pt'} does not exist; run `skipxl export RUN_DIR` first") from None
+        raise SkipxlError(f"{weights} does not exist; run `skipxl export RUN_DIR` first") from None
     except Exception as exc:
-        raise SkipxlError(
-            f"{path / 'model.pt'} is unreadable ({type(exc).__name__}: {exc}); re-export it"
-        ) from exc
+        raise SkipxlError(f"{weights} is unreadable ({type(exc).__name__}: {exc}); re-export it") from exc
+    state.setdefault("pos_emb.inv_freq", model.state_dict()["pos_emb.inv_freq"])
     model.load_state_dict(state)
     return model.eval()

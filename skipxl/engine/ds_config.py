@@ -1,8 +1,10 @@
 """DeepSpeed configuration: find a JSON in ``ds_configs/``, fill in the batch arithmetic.
 
-The JSON files under ``ds_configs/`` say *how* to train (ZeRO stage, precision, offload,
-gradient clipping); the recipe says *how much* (micro-batch, accumulation). This module
-joins the two and checks the one identity DeepSpeed insists on::
+The JSON files under ``ds_configs/`` say *how* to train (ZeRO stage, precision, offload);
+the recipe says *how much* (micro-batch, accumulation, clipping), through ``"auto"`` values
+as in the Hugging Face Trainer's DeepSpeed integration: a user's explicit value stands, and
+one that contradicts an explicit flag is an error naming both. This module joins the two and
+checks the one identity DeepSpeed insists on::
 
     global_batch = micro_batch x grad_accum x world_size
 
@@ -90,24 +92,128 @@ def resolve_batch(
     return micro_batch, grad_accum
 
 
+#: DeepSpeed keys that skipxl's own flags also set: key -> the flag that sets it.
+#: As with the Hugging Face Trainer's DeepSpeed integration, a value in the JSON stands, only
+#: ``"auto"`` (or a missing key) is filled from the flag, and an explicit JSON value that differs
+#: from an explicitly given flag is an error naming both.
+FLAG_KEYS = {
+    "train_micro_batch_size_per_gpu": "micro_batch",
+    "gradient_accumulation_steps": "grad_accum",
+    "train_batch_size": "global_batch",
+    "gradient_clipping": "clip",
+}
+#: Blocks skipxl does not hand to DeepSpeed (it builds its own optimizer and schedule), with the
+#: flags that configure them instead; a JSON holding one is refused rather than ignored.
+UNSUPPORTED_BLOCKS = {
+    "optimizer": "--lr, --adam_betas, --adam_eps, --weight_decay",
+    "scheduler": "--scheduler cosine|constant, --warmup_steps, --eta_min",
+}
+
+
+def explicit_values(ds_config: dict[str, Any]) -> dict[str, Any]:
+    """The :data:`FLAG_KEYS` the JSON sets to a value (not ``"auto"``), by flag name."""
+    return {flag: ds_config[key] for key, flag in FLAG_KEYS.items() if ds_config.get(key, "auto") != "auto"}
+
+
+def check_supported(ds_config: dict[str, Any], source: str, flags: dict[str, str] | None = None) -> None:
+    """Refuse ``optimizer`` / ``scheduler`` blocks, naming the flags that do the same."""
+    flags = {**UNSUPPORTED_BLOCKS, **(flags or {})}
+    for block, replacement in flags.items():
+        if block in ds_config:
+            params = ds_config[block].get("params", {}) if isinstance(ds_config[block], dict) else {}
+            kind = ds_config[block].get("type", "?") if isinstance(ds_config[block], dict) else "?"
+            given = ", ".join(f"{k}={v}" for k, v in params.items())
+            raise SkipxlError(
+                f"DeepSpeed config {source} has a {block!r} block ({kind}{': ' + given if given else ''}), "
+                f"which skipxl does not use (it builds its own {block}); remove the block and pass "
+                f"{replacement} instead"
+            )
+
+
+def reconcile(
+    ds_config: dict[str, Any],
+    values: dict[str, Any],
+    explicit: set[str] | frozenset[str],
+    source: str,
+    *,
+    flag_names: dict[str, str] | None = None,
+) -> dict[str, Any]:
+    """Merge a DeepSpeed JSON's explicit batch/clipping values into the flag ``values``.
+
+    ``values`` maps flag names of :data:`FLAG_KEYS` (``micro_batch``, ``grad_accum``,
+    ``global_batch``, ``clip``) to the resolved settings, ``explicit`` names those the user
+    typed. A JSON value replaces a default; it must equal an explicit flag. Returns the
+    updated ``values``. ``flag_names`` renames flags in messages (GLUE's ``--batch_size``).
+    """
+    names = flag_names or {}
+    out = dict(values)
+    for flag, value in explicit_values(ds_config).items():
+        if flag not in out:
+            continue
+        key = next(k for k, f in FLAG_KEYS.items() if f == flag)
+        shown = names.get(flag, flag)
+        if flag in explicit and out[flag] is not None and out[flag] != value:
+            raise SkipxlError(
+                f"{key} {value} in {source} conflicts with --{shown} {out[flag]}; drop one of them "
+                f'(or set {key} to "auto" in the JSON)'
+            )
+        out[flag] = value
+    return out
+
+
 def build_ds_config(
     name_or_path: str | Path,
     *,
     micro_batch: int,
     grad_accum: int,
     world_size: int,
+    clip: float | None = None,
     overrides: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """Load a config, fill the batch fields and apply ``overrides`` (shallow, per key)."""
+    """Load a config and fill its ``"auto"`` (or missing) batch fields and clipping.
+
+    A value the JSON sets explicitly stands, and must agree with the run's; a disagreement is
+    an error naming both (:func:`reconcile` merges a JSON into the flags before this is
+    called, so only a config built by hand can disagree). ``overrides`` fill further keys the
+    same way (``{"gradient_clipping": 1.0}`` is ``clip=1.0``).
+    """
+    source = str(resolve_ds_config_path(name_or_path))
     cfg = copy.deepcopy(load_ds_config(name_or_path))
-    cfg["train_micro_batch_size_per_gpu"] = micro_batch
-    cfg["gradient_accumulation_steps"] = grad_accum
-    cfg["train_batch_size"] = micro_batch * grad_accum * world_size
-    for key, value in (overrides or {}).items():
-        cfg[key] = value
+    check_supported(cfg, source)
+    wanted: dict[str, Any] = {
+        "train_micro_batch_size_per_gpu": micro_batch,
+        "gradient_accumulation_steps": grad_accum,
+        "train_batch_size": micro_batch * grad_accum * world_size,
+    }
+    if clip is not None:
+        wanted["gradient_clipping"] = clip
+    wanted.update(overrides or {})
+    for key, value in wanted.items():
+        if cfg.get(key, "auto") == "auto":
+            cfg[key] = value
+        elif cfg[key] != value:
+            flag = FLAG_KEYS.get(key, key)
+            raise SkipxlError(
+                f"{key} {cfg[key]} in {source} conflicts with --{flag} {value}; drop one of them "
+                f'(or set {key} to "auto" in the JSON)'
+            )
+    left = sorted(k for k, v in cfg.items() if v == "auto")
+    if left:
+        raise SkipxlError(
+            f'DeepSpeed config {source} leaves {left} at "auto" and nothing fills them; set them'
+        )
     if cfg.get("bf16", {}).get("enabled") and cfg.get("fp16", {}).get("enabled"):
         raise SkipxlError("DeepSpeed config enables both bf16 and fp16; enable at most one")
     return cfg
+
+
+def ds_config_for(train: Any, world_size: int) -> tuple[dict[str, Any], int, int]:
+    """The DeepSpeed JSON a run of ``train`` (a TrainConfig) uses: ``(json, micro_batch, grad_accum)``."""
+    micro, accum = resolve_batch(train.global_batch, train.micro_batch, train.grad_accum, world_size)
+    cfg = build_ds_config(
+        train.ds_config, micro_batch=micro, grad_accum=accum, world_size=world_size, clip=train.clip
+    )
+    return cfg, micro, accum
 
 
 def precision_of(ds_config: dict[str, Any]) -> str:

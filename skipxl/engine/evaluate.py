@@ -23,6 +23,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from skipxl.config_io import save_json
 from skipxl.engine.config import EvalConfig
 from skipxl.engine.distributed import all_reduce, collective_device
 from skipxl.engine.metrics import loss_metrics, metric_level
@@ -63,14 +64,17 @@ def evaluate_split(
     world_size: int = 1,
     device: torch.device | str = "cpu",
     max_batches: int | None = None,
+    progress: str | None = None,
 ) -> EvalResult:
     """Score ``tokens`` (a 1-D id array) with ``protocol``; collective when distributed.
 
     Args:
         model: a :class:`~skipxl.model.TransformerXL` (``engine.module`` under DeepSpeed).
         max_batches: stop after this many segments per stream (quick validations).
+        progress: a progress-bar title (on a terminal, rank 0); None = no bar.
     """
     from skipxl.data import eval_batches
+    from skipxl.progress import progress_bar
 
     check_split(len(tokens), protocol, world_size)
     was_training = model.training
@@ -82,6 +86,10 @@ def evaluate_split(
     total = torch.zeros(2, dtype=torch.float64)  # [nll sum, token count]
     nll_sum = torch.zeros((), dtype=torch.float64, device=device)
     count = 0
+    per_stream = -(-(len(tokens) // protocol.batch_size - 1) // protocol.tgt_len)  # segments per stream
+    bar = progress_bar(
+        min(per_stream, max_batches or per_stream), progress or "", "seg", progress is not None
+    )
     try:
         mems = None
         for n_batches, (inputs, targets) in enumerate(segments, start=1):
@@ -89,9 +97,11 @@ def evaluate_split(
             mems = out.mems
             nll_sum += out.nll.double().sum()
             count += out.nll.numel()
+            bar.update()
             if max_batches is not None and n_batches >= max_batches:
                 break
     finally:
+        bar.close()
         model.train(was_training)
     total[0] = nll_sum.cpu()
     total[1] = count
@@ -120,7 +130,6 @@ def evaluate_run(
     Saves ``RUN_DIR/eval_<split>_tgt<T>_mem<M>_clamp<C>_same<0|1>.json`` and returns the row.
     """
     import dataclasses as dc
-    import json
     from pathlib import Path
 
     from skipxl.config_io import load_json
@@ -148,7 +157,9 @@ def evaluate_run(
     dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     model.to(dev)
     level = metric_level(corpus.vocab.level)
-    result = evaluate_split(model, corpus.splits[split], protocol, device=dev, max_batches=max_batches)
+    result = evaluate_split(
+        model, corpus.splits[split], protocol, device=dev, max_batches=max_batches, progress=f"eval {split}"
+    )
     prefix = "val" if split == "valid" else split
     row: dict[str, Any] = {
         "run": str(run_dir),
@@ -164,6 +175,6 @@ def evaluate_run(
             f"eval_{split}_tgt{protocol.tgt_len}_mem{protocol.mem_len}_clamp{protocol.clamp_len}"
             f"_same{int(protocol.same_length)}.json"
         )
-        (run_dir / name).write_text(json.dumps(row, indent=2, sort_keys=True) + "\n")
+        save_json(row, run_dir / name)
         row["saved_to"] = str(run_dir / name)
     return row

@@ -132,3 +132,47 @@ def unknown_flag(name: str, valid: Iterable[str], where: str) -> SkipxlError:
         else f"; valid flags: {', '.join(_flag(v) for v in valid)}"
     )
     return SkipxlError(f"unknown flag {_flag(name)} for {where}{hint}")
+
+
+def doc_entries(doc: str | None, section: str = "Attributes") -> dict[str, str]:
+    """``name: text`` entries of a Google-style docstring section (``Args:``, ``Attributes:``).
+
+    An entry may name several fields (``micro_batch / grad_accum:`` or ``a, b:``); each of
+    them gets the text. Continuation lines are joined.
+    """
+    import inspect
+    import re
+
+    out: dict[str, str] = {}
+    lines = inspect.cleandoc(doc or "").splitlines()
+    try:
+        start = next(i for i, line in enumerate(lines) if line.strip() == f"{section}:")
+    except StopIteration:
+        return out
+    entry = re.compile(r"^    ([A-Za-z_][\w]*(?:\s*(?:/|,)\s*[A-Za-z_][\w]*)*):\s*(.*)$")
+    names: list[str] = []
+    for line in lines[start + 1 :]:
+        if line and not line.startswith(" "):
+            break  # the next section
+        m = entry.match(line)
+        if m:
+            names = [n.strip() for n in re.split(r"[/,]", m.group(1))]
+            for n in names:
+                out[n] = m.group(2).strip()
+        elif line.strip() and names:
+            for n in names:
+                out[n] = f"{out[n]} {line.strip()}".strip()
+    return out
+
+
+def type_name(annotation: Any) -> str:
+    """A short name for a field type in ``--help``: ``int``, ``float|None``, ``list[int]``."""
+    origin = typing.get_origin(annotation)
+    if origin in (typing.Union, types.UnionType):
+        return "|".join(type_name(a) for a in typing.get_args(annotation))
+    if origin is tuple:
+        args = [a for a in typing.get_args(annotation) if a is not Ellipsis]
+        return f"list[{','.join(type_name(a) for a in dict.fromkeys(args))}]"
+    if annotation is type(None):
+        return "None"
+    return getattr(annotation, "__name__", str(annotation))

@@ -185,7 +185,7 @@ def _deepspeed_engine(
 ) -> tuple[Any, int, int]:
     world = ensure_launch_env()
     ensure_accelerator_env()
-    cfg = build_ds_config(ds_config, micro_batch=batch, grad_accum=1, world_size=world.world_size)
+    cfg = build_ds_config(ds_config, micro_batch=batch, grad_accum=1, world_size=world.world_size, clip=0.25)
     return build_engine(model, optimizer, cfg), zero_stage_of(cfg), world.world_size
 
 
@@ -483,8 +483,9 @@ def run_memory(
             peak saved activations (0.01 = 1%).
         peak_tolerance: allowed relative excess in process peak (noisier: allocator).
         out: folder for ``memory.json`` and ``memory.png``.
-        pskip, beta, retain_positions: Skip-Retain / cross-head settings (``--pskip``,
-            ``--beta`` as in the recipes; ``retain_positions="contiguous"`` for the ablation).
+        pskip: Skip-Retain probability, as in the recipes (a number or a per-layer list).
+        beta: cross-head mixing probability, as in the recipes.
+        retain_positions: ``"true"`` (default) or ``"contiguous"`` (the ablation).
         positions: position scoring of every variant (``relative``, the Transformer-XL
             default, or ``segment_end``, the paper's released code; default: the preset's).
         engine: ``"deepspeed"`` (model states as DeepSpeed holds them; ``ds_config`` picks

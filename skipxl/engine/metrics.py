@@ -14,6 +14,7 @@ step) and turns it into the logged row; :func:`engine_stats`, :func:`memory_stat
 from __future__ import annotations
 
 import json
+import logging
 import math
 import os
 import resource
@@ -21,8 +22,10 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from skipxl.config_io import dumps
 from skipxl.engine.distributed import all_reduce
 from skipxl.engine.run_dir import METRICS, TB, read_metrics
+from skipxl.progress import progress_bar  # noqa: F401 (re-exported for the engine)
 
 LN2 = math.log(2.0)
 
@@ -68,17 +71,57 @@ def truncate_metrics(run_dir: Path, step: int) -> None:
         except json.JSONDecodeError:
             continue
         if int(row.get("step", 0)) <= step:
-            keep.append(json.dumps(row, sort_keys=True))
+            keep.append(dumps(row, sort_keys=True))
     tmp = path.with_name(path.name + ".tmp")
     tmp.write_text("".join(k + "\n" for k in keep))
     tmp.replace(path)
 
 
+#: The run's text log (rank 0), next to ``metrics.jsonl``.
+TRAIN_LOG = "train.log"
+
+
+def summary_line(step: int, total: int, row: dict[str, Any], last_train: dict[str, Any]) -> str | None:
+    """One console line for a validation or final-evaluation row, ``None`` for other rows.
+
+    ``step 400/400 | val ppl 157.6 | lr 1.00e-03 | 5321 tok/s``: what a user wants to see per
+    validation (the training loss is in the progress bar and in ``train.log``).
+    """
+    parts = []
+    for prefix, label in (("val", "val"), ("final_val", "final val"), ("test", "test")):
+        for unit in ("ppl", "bpc"):
+            if f"{prefix}/{unit}" in row:
+                parts.append(f"{label} {unit} {row[f'{prefix}/{unit}']:.4g}")
+    if not parts:
+        return None
+    if "val/loss" in row and last_train:
+        if "lr" in last_train:
+            parts.append(f"lr {last_train['lr']:.3g}")
+        if "tokens_per_s" in last_train:
+            parts.append(f"{last_train['tokens_per_s']:.0f} tok/s")
+    return " | ".join([f"step {step}/{total}", *parts])
+
+
+def train_line(step: int, total: int, row: dict[str, Any]) -> str:
+    """The ``train.log`` line of a training-log row (loss, ppl/bpc, lr, tokens/s)."""
+    parts = [f"step {step}/{total}"]
+    for key in ("train/loss", "train/ppl", "train/bpc", "lr", "grad_norm", "tokens_per_s"):
+        if key in row and isinstance(row[key], (int, float)):
+            parts.append(f"{key.split('/')[-1]} {row[key]:.4g}")
+    return " | ".join(parts)
+
+
 class MetricsLogger:
     """Writes metrics on rank 0; a no-op elsewhere.
 
+    Every row goes to ``metrics.jsonl`` and TensorBoard; a line per training-log row and per
+    validation goes to ``RUN_DIR/train.log`` through :mod:`logging` (logger ``skipxl.train``),
+    and each validation / final evaluation is also printed as one line on stderr. On a
+    terminal a tqdm bar shows the steps; when stderr is not a terminal (a cluster log file)
+    there is no bar and the training-log lines are printed instead, so the log stays readable.
+
     Args:
-        run_dir: the run folder (JSONL and ``tb/`` go there).
+        run_dir: the run folder (JSONL, ``train.log`` and ``tb/`` go there).
         enabled: True on rank 0.
         total_steps / start_step: for the progress bar's ETA.
         progress: show a tqdm bar (off in tests and when stderr is not wanted).
@@ -96,17 +139,29 @@ class MetricsLogger:
     ) -> None:
         self.enabled = enabled
         self.run_dir = Path(run_dir)
+        self.total_steps = total_steps
         self._jsonl = None
         self._tb = None
         self._bar = None
+        self._last_train: dict[str, Any] = {}
+        self._log: logging.Logger | None = None
+        self._handler: logging.Handler | None = None
         if not enabled:
             return
         self._jsonl = (self.run_dir / METRICS).open("a")
+        self._log = logging.getLogger(f"skipxl.train.{id(self)}")
+        self._log.setLevel(logging.INFO)
+        self._log.propagate = False
+        self._handler = logging.FileHandler(self.run_dir / TRAIN_LOG, encoding="utf-8")
+        self._handler.setFormatter(logging.Formatter("%(asctime)s %(message)s", "%Y-%m-%d %H:%M:%S"))
+        self._log.addHandler(self._handler)
         if tensorboard:
             from torch.utils.tensorboard import SummaryWriter
 
             self._tb = SummaryWriter(log_dir=str(self.run_dir / TB), purge_step=start_step + 1)
-        if progress and os.environ.get("SKIPXL_NO_PROGRESS") != "1":
+        self._interactive = sys.stderr.isatty()
+        self._echo_train = progress and not self._interactive and os.environ.get("SKIPXL_NO_PROGRESS") != "1"
+        if progress and self._interactive and os.environ.get("SKIPXL_NO_PROGRESS") != "1":
             from tqdm.auto import tqdm
 
             self._bar = tqdm(
@@ -119,18 +174,33 @@ class MetricsLogger:
             )
 
     def log(self, step: int, values: dict[str, Any]) -> None:
-        """Record ``values`` at ``step`` in JSONL and TensorBoard (numbers only go to TensorBoard)."""
+        """Record ``values`` at ``step`` in JSONL and TensorBoard (numbers only go to TensorBoard).
+
+        A training row is a ``train.log`` line; a validation or final-evaluation row is one
+        line in ``train.log`` and on the console.
+        """
         if not self.enabled:
             return
         row = {"step": int(step), **{k: _plain(v) for k, v in values.items()}}
         assert self._jsonl is not None
-        self._jsonl.write(json.dumps(row, sort_keys=True) + "\n")
+        self._jsonl.write(dumps(row, sort_keys=True) + "\n")
         self._jsonl.flush()
         if self._tb is not None:
             for key, value in row.items():
                 if key != "step" and isinstance(value, (int, float)) and not isinstance(value, bool):
                     self._tb.add_scalar(key, value, global_step=step)
             self._tb.flush()
+        if "train/loss" in row:
+            self._last_train = row
+            line = train_line(step, self.total_steps, row)
+            if self._echo_train:
+                self.write(line)
+            elif self._log is not None:
+                self._log.info(line)
+        else:
+            line = summary_line(step, self.total_steps, row, self._last_train)
+            if line is not None:
+                self.write(line)
 
     def progress(self, step: int, postfix: dict[str, Any] | None = None) -> None:
         """Advance the bar to ``step`` and show ``postfix`` (e.g. loss, lr)."""
@@ -143,9 +213,11 @@ class MetricsLogger:
             )
 
     def write(self, message: str) -> None:
-        """Print a line on rank 0 without breaking the progress bar."""
+        """Print a line on rank 0 (without breaking the progress bar) and add it to ``train.log``."""
         if not self.enabled:
             return
+        if self._log is not None:
+            self._log.info(message)
         if self._bar is not None:
             self._bar.write(message, file=sys.stderr)
         else:
@@ -161,6 +233,10 @@ class MetricsLogger:
         if self._jsonl is not None:
             self._jsonl.close()
             self._jsonl = None
+        if self._log is not None and self._handler is not None:
+            self._log.removeHandler(self._handler)
+            self._handler.close()
+            self._handler = None
 
 
 def _plain(value: Any) -> Any:

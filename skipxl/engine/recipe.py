@@ -28,7 +28,7 @@ from typing import Any
 
 from skipxl.engine.config import EvalConfig, RunConfig, TrainConfig
 from skipxl.engine.dlt_config import AgentConfig, DLTConfig
-from skipxl.engine.flags import coerce, unknown_flag
+from skipxl.engine.flags import coerce, doc_entries, type_name, unknown_flag
 from skipxl.engine.run_dir import CONFIG
 from skipxl.engine.variants import apply_variant, check_variant, uses_dlt, uses_skip
 from skipxl.errors import SkipxlError
@@ -171,14 +171,13 @@ def _hints(cls: type) -> dict[str, Any]:
     return typing.get_type_hints(cls)
 
 
-def _route(overrides: dict[str, Any]) -> dict[str, dict[str, Any]]:
-    """Split ``--name value`` overrides into per-config field dicts (typed)."""
+def _config_classes() -> dict[str, type]:
     from skipxl.data import BuiltinConfig, DataConfig
     from skipxl.model.config import ModelConfig, SkipRetainConfig
     from skipxl.model.heads import CrossHeadConfig
     from skipxl.model.tying import TyingConfig
 
-    classes = {
+    return {
         "model": ModelConfig,
         "train": TrainConfig,
         "data": DataConfig,
@@ -190,57 +189,112 @@ def _route(overrides: dict[str, Any]) -> dict[str, dict[str, Any]]:
         "dlt": DLTConfig,
         "dlt_agent": AgentConfig,
     }
-    hints = {k: _hints(c) for k, c in classes.items()}
-    hints["model"] = {
-        k: v for k, v in hints["model"].items() if k not in ("skip", "cross_head", "tying", "n_token")
-    }
-    hints["train"] = {k: v for k, v in hints["train"].items() if k != "dlt"}
-    hints["data"] = {k: v for k, v in hints["data"].items() if k not in ("builtin", "corpus")}
-    out: dict[str, dict[str, Any]] = {k: {} for k in classes}
-    aliases = {"batch_size": ("train", "global_batch")}
-    valid_names: set[str] = (
-        set(aliases) | set(_SKIP_FLAGS) | set(_CROSS_FLAGS) | set(_TYING_FLAGS) | set(_DLT_FLAGS)
-    )
-    for group in ("model", "train", "data"):
-        valid_names |= set(hints[group])
-    valid_names |= {f"eval_{k}" for k in hints["eval"]} | {f"builtin_{k}" for k in hints["builtin"]}
 
+
+#: Fields set by the recipe itself (variant, corpus, vocabulary size), never by a config flag.
+_NOT_FLAGS = {
+    "model": ("skip", "cross_head", "tying", "n_token"),
+    "train": ("dlt",),
+    "data": ("builtin", "corpus"),
+}
+
+
+def flag_table() -> dict[str, tuple[str, str, Any]]:
+    """Every config flag of the recipes: ``flag name -> (config group, field, type)``.
+
+    Generated from the config dataclasses, so a new field is a flag (and listed by ``--help``)
+    without further code: model/train/data fields by name, evaluation fields with ``eval_``,
+    built-in corpus fields with ``builtin_``, Skip-Retain and cross-head options by their
+    recipe names (``pskip_schedule``, ``cross_head_mode``, ...).
+    """
+    hints = {g: _hints(c) for g, c in _config_classes().items()}
+    table: dict[str, tuple[str, str, Any]] = {}
+    for group in ("model", "train", "data"):
+        for key, tp in hints[group].items():
+            if key not in _NOT_FLAGS.get(group, ()):
+                table[key] = (group, key, tp)
+    for key, tp in hints["eval"].items():
+        table[f"eval_{key}"] = ("eval", key, tp)
+    for key, tp in hints["builtin"].items():
+        table[f"builtin_{key}"] = ("builtin", key, tp)
+    for flag, key in _SKIP_FLAGS.items():
+        table[flag] = ("skip", key, hints["skip"][key])
+    for flag, key in _CROSS_FLAGS.items():
+        table[flag] = ("cross_head", key, hints["cross_head"][key])
+    for flag, key in _TYING_FLAGS.items():
+        table[flag] = ("tying", key, hints["tying"][key])
+    for flag, (group, key) in _DLT_FLAGS.items():
+        table[flag] = (group, key, hints[group][key])
+    table["batch_size"] = ("train", "global_batch", hints["train"]["global_batch"])  # an alias
+    return table
+
+
+def _route(overrides: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """Split ``--name value`` overrides into per-config field dicts (typed)."""
+    hints = {k: _hints(c) for k, c in _config_classes().items()}
+    table = flag_table()
+    out: dict[str, dict[str, Any]] = {k: {} for k in hints}
     for name, value in overrides.items():
-        group = key = None
         if "." in name:
             group, _, key = name.partition(".")
             if group not in hints or key not in hints[group]:
                 raise unknown_flag(name, [f"{g}.{k}" for g in hints for k in hints[g]], "this recipe")
-        elif name in aliases:
-            group, key = aliases[name]
-        elif name in _SKIP_FLAGS:
-            group, key = "skip", _SKIP_FLAGS[name]
-        elif name in _CROSS_FLAGS:
-            group, key = "cross_head", _CROSS_FLAGS[name]
-        elif name in _TYING_FLAGS:
-            group, key = "tying", _TYING_FLAGS[name]
-        elif name in _DLT_FLAGS:
-            group, key = _DLT_FLAGS[name]
-        elif name.startswith("eval_") and name[5:] in hints["eval"]:
-            group, key = "eval", name[5:]
-        elif name.startswith("builtin_") and name[8:] in hints["builtin"]:
-            group, key = "builtin", name[8:]
+            tp = hints[group][key]
+        elif name in table:
+            group, key, tp = table[name]
         else:
-            for g in ("model", "train", "data"):
-                if name in hints[g]:
-                    group, key = g, name
-                    break
-        if group is None or key is None:
-            raise unknown_flag(name, valid_names, "this recipe")
-        out[group][key] = coerce(name, value, hints[group][key])
+            raise unknown_flag(name, table, "this recipe")
+        out[group][key] = coerce(name, value, tp)
     return out
+
+
+def ds_config_flag(ds_config: Any, overrides: dict[str, Any]) -> str | None:
+    """``--ds_config``, or its DeepSpeed spellings ``--deepspeed_config F`` and ``--deepspeed [F]``.
+
+    DeepSpeedExamples pass ``--deepspeed --deepspeed_config F.json``; the Hugging Face Trainer
+    passes ``--deepspeed F.json``. Both mean ``--ds_config F.json`` here (the bare
+    ``--deepspeed`` switch is accepted: skipxl always trains through DeepSpeed).
+    ``overrides`` loses the two keys.
+    """
+    given = {"ds_config": ds_config}
+    given["deepspeed_config"] = overrides.pop("deepspeed_config", None)
+    switch = overrides.pop("deepspeed", None)
+    if switch is not None and not isinstance(switch, bool):
+        given["deepspeed"] = switch
+    elif switch is not None and not coerce("deepspeed", switch, bool):
+        raise SkipxlError("--deepspeed False is not an option: skipxl always trains through DeepSpeed")
+    named = {k: coerce(k, v, str) for k, v in given.items() if v is not None}
+    if len(set(named.values())) > 1:
+        shown = ", ".join(f"--{k} {v}" for k, v in named.items())
+        raise SkipxlError(f"{shown} name different DeepSpeed configs; pass one of them")
+    return next(iter(named.values()), None)
+
+
+def _with_ds_values(train_fields: dict[str, Any], explicit: set[str]) -> dict[str, Any]:
+    """Take the DeepSpeed JSON's explicit batch sizes and clipping into the train fields.
+
+    The Hugging Face convention: what the JSON sets stands (replacing a recipe default), only
+    ``"auto"`` is filled from the flags, an explicit flag that contradicts it is an error, and
+    ``optimizer``/``scheduler`` blocks are refused (skipxl builds its own Adam + schedule).
+    """
+    from skipxl.engine.ds_config import check_supported, load_ds_config, reconcile, resolve_ds_config_path
+
+    name = train_fields.get("ds_config", TrainConfig.ds_config)
+    source = str(resolve_ds_config_path(name))
+    ds = load_ds_config(name)
+    check_supported(ds, source)
+    defaults = TrainConfig()
+    keys = ("micro_batch", "grad_accum", "global_batch", "clip")
+    values = {k: train_fields.get(k, getattr(defaults, k)) for k in keys}
+    merged = reconcile(ds, values, explicit, source, flag_names={"global_batch": "global_batch"})
+    return {**train_fields, **{k: v for k, v in merged.items() if v != values[k] or k in train_fields}}
 
 
 def build_config(
     recipe: str = "builtin",
     *,
     preset: str | None = None,
-    variant: str = "baseline",
+    variant: str | None = None,
     corpus: str | None = None,
     data_dir: str | None = None,
     ds_config: str | None = None,
@@ -260,7 +314,10 @@ def build_config(
 
     if recipe not in RECIPES:
         raise SkipxlError(f"unknown recipe {recipe!r}; choose one of {sorted(RECIPES)}")
+    if variant is None:
+        variant = "baseline"
     variant = check_variant(variant if not isinstance(variant, (int, float)) else str(variant))
+    ds_config = ds_config_flag(ds_config, overrides)
     base = RECIPES[recipe]
     corpus = coerce("corpus", corpus, str | None) or base.corpus
     if corpus != base.corpus and corpus not in ("builtin", "txt"):
@@ -306,6 +363,10 @@ def build_config(
     ):
         if value is not None:
             train_fields[name] = coerce(name, value, tp)
+    explicit = set(routed["train"]) | {
+        k for k, v in (("micro_batch", micro_batch), ("grad_accum", grad_accum)) if v is not None
+    }
+    train_fields = _with_ds_values(train_fields, explicit)
     if "warmup_steps" in train_fields and "max_steps" in train_fields:
         train_fields["warmup_steps"] = min(train_fields["warmup_steps"], train_fields["max_steps"])
     if uses_dlt(variant):
@@ -326,10 +387,11 @@ def build_config(
     model_fields = dict(routed["model"])
     model_fields.setdefault("plan_seed", train.seed)
     preset_name = presets[preset]
-    model = get_preset(preset_name, n_token=int(n_token), **model_fields)
-    if model.cutoffs and max(model.cutoffs) >= model.n_token and "cutoffs" not in model_fields:
+    if "cutoffs" not in model_fields:
         # a big-vocabulary preset on a small corpus (e.g. --corpus builtin): keep the cutoffs that fit
-        model = dataclasses.replace(model, cutoffs=tuple(c for c in model.cutoffs if c < model.n_token))
+        cutoffs = get_preset(preset_name).cutoffs
+        model_fields["cutoffs"] = tuple(c for c in cutoffs if c < int(n_token))
+    model = get_preset(preset_name, n_token=int(n_token), **model_fields)
     model = apply_variant(
         model,
         variant,
@@ -370,7 +432,7 @@ def run(
     """
     import json
 
-    from skipxl.config_io import load_json, to_dict
+    from skipxl.config_io import load_json
     from skipxl.engine.config import run_config_from_dict
     from skipxl.engine.train import train
 
@@ -394,14 +456,43 @@ def run(
     else:
         cfg = build_config(recipe, **flags)
     if dry_run:
-        print(json.dumps(to_dict(cfg), indent=2, sort_keys=True))
+        print(json.dumps(resolved_config(cfg, check_out=not resume), indent=2, sort_keys=True))
         return cfg
     return train(cfg, resume=resume, progress=coerce("progress", progress, bool), stop_at_step=stop_at_step)
+
+
+def resolved_config(cfg: RunConfig, *, check_out: bool = True) -> dict[str, Any]:
+    """What ``--dry_run`` prints and a run saves as ``config.json``: the configs + the DeepSpeed JSON.
+
+    Builds the DeepSpeed JSON for the launcher's world size (``WORLD_SIZE``, 1 without a
+    launcher), so a wrong config name, a conflicting JSON value or batch arithmetic that does
+    not divide fails here, as it would at the start of the run.
+    """
+    import os
+
+    from skipxl.config_io import to_dict
+    from skipxl.engine import run_dir as rd
+    from skipxl.engine.ds_config import ds_config_for
+
+    world_size = int(os.environ.get("WORLD_SIZE", "1"))
+    ds, _, _ = ds_config_for(cfg.train, world_size)
+    if cfg.eval.batch_size % world_size:
+        raise SkipxlError(
+            f"eval batch_size {cfg.eval.batch_size} is not divisible by the world size {world_size}; "
+            "pass --eval_batch_size with a multiple of it"
+        )
+    if check_out:
+        rd.check_run_dir(Path(cfg.out_dir), resume=False)
+    return {**to_dict(cfg), "ds_config": ds}
 
 
 def _apply_overrides(cfg: RunConfig, flags: dict[str, Any]) -> RunConfig:
     """``--config FILE`` plus a few flags: --out, --seed, --max_steps, --ds_config, batch flags."""
     allowed = {"out", "seed", "max_steps", "ds_config", "micro_batch", "grad_accum"}
+    flags = dict(flags)
+    ds_name = ds_config_flag(flags.pop("ds_config", None), flags)
+    if ds_name is not None:
+        flags["ds_config"] = ds_name
     bad = sorted(set(flags) - allowed)
     if bad:
         raise SkipxlError(f"with --config only {sorted(allowed)} may be changed; drop {bad}")
@@ -411,3 +502,80 @@ def _apply_overrides(cfg: RunConfig, flags: dict[str, Any]) -> RunConfig:
     train = dataclasses.replace(cfg.train, **train_changes)
     out = coerce("out", flags["out"], str) if "out" in flags else cfg.out_dir
     return dataclasses.replace(cfg, train=train, out_dir=out)
+
+
+def _default_text(cls: type, key: str) -> str:
+    f = next(f for f in dataclasses.fields(cls) if f.name == key)
+    if f.default is not dataclasses.MISSING:
+        value = f.default
+    elif f.default_factory is not dataclasses.MISSING:
+        return "(a nested config)"
+    else:
+        return "required"
+    return ",".join(map(str, value)) if isinstance(value, tuple) else str(value)
+
+
+def train_help(prog: str, *, recipe: str | None = None, script: bool = False) -> str:
+    """``--help`` of ``skipxl train`` and ``recipes/*.py``: every flag with its type and default.
+
+    Generated from :func:`skipxl.cli.train`'s signature and the config dataclasses (their
+    ``Attributes:`` docstrings give the descriptions), so it cannot drift from what is accepted.
+    """
+    import inspect
+
+    from skipxl import cli
+
+    sig = inspect.signature(cli.train)
+    hints = typing.get_type_hints(cli.train)
+    docs = doc_entries(cli.train.__doc__, "Args")
+    summary = inspect.cleandoc(cli.train.__doc__ or "").splitlines()[0]
+    lines = [f"usage: {prog} [--FLAG VALUE ...]", "", summary, "", "run flags:"]
+
+    def row(flag: str, tp: str, default: str, text: str) -> str:
+        head = f"  --{flag} {tp.upper() if tp != 'bool' else '[BOOL]'}"
+        return f"{head:<36} (default: {default}) {text}".rstrip()
+
+    for name, param in sig.parameters.items():
+        if param.kind is inspect.Parameter.VAR_KEYWORD or (script and name == "recipe"):
+            continue
+        tp = type_name(hints.get(name, Any)).replace("|None", "").replace("Any", "value")
+        default = "recipe" if param.default is None else str(param.default)
+        lines.append(row(name, tp, default, docs.get(name, "")))
+    lines.append(row("deepspeed_config", "file", "-", "the same as --ds_config (DeepSpeed's spelling)"))
+    lines.append(row("deepspeed", "[file]", "-", "--deepspeed F.json = --ds_config F.json; bare: accepted"))
+    titles = {
+        "model": "model (ModelConfig; the preset sets most of them)",
+        "train": "training (TrainConfig; the recipe sets batch, steps, lr, cadence)",
+        "data": "data (DataConfig)",
+        "eval": "final evaluation protocol (EvalConfig, --eval_*)",
+        "builtin": "built-in corpus (BuiltinConfig, --builtin_*)",
+        "skip": "Skip-Retain (SkipRetainConfig; with --variant skip_retain/combined)",
+        "cross_head": "cross-head attention (CrossHeadConfig; with --variant cross_head/combined)",
+        "tying": "layer tying (TyingConfig; with a DLT variant, --tying_*)",
+        "dlt": "Dynamic Layer Tying schedule (DLTConfig; with a DLT variant, --dlt_*)",
+        "dlt_agent": "Dynamic Layer Tying Q-learning agent (AgentConfig; --dlt_*)",
+    }
+    classes = _config_classes()
+    named = set(sig.parameters)
+    by_group: dict[str, list[str]] = {g: [] for g in titles}
+    for flag, (group, key, tp) in flag_table().items():
+        if flag in named or flag == "batch_size":
+            continue
+        text = doc_entries(classes[group].__doc__).get(key, "")
+        by_group[group].append(row(flag, type_name(tp), _default_text(classes[group], key), text))
+    for group, rows in by_group.items():
+        if rows:
+            lines += ["", f"{titles[group]}:", *rows]
+    lines += [
+        "",
+        "Also --model.FIELD / --train.FIELD / --data.FIELD / --eval.FIELD; --batch_size = --global_batch.",
+        "The defaults above are the dataclasses'; the recipe's presets set their own:",
+        "--dry_run prints the resolved configuration and the DeepSpeed JSON without training.",
+    ]
+    for name in [recipe] if recipe in RECIPES else ([] if script else sorted(RECIPES)):
+        r = RECIPES[name]
+        lines.append(f"  {name}: presets {', '.join(r.presets)} (default {r.default_preset})")
+        for preset in r.presets:
+            train = r.train.get(preset, {})
+            lines.append(f"    {preset}: " + ", ".join(f"{k}={v}" for k, v in train.items()))
+    return "\n".join(lines)

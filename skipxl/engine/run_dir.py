@@ -3,6 +3,7 @@
 Layout (``RUN_DIR/``)::
 
     config.json      resolved RunConfig (model, data, train, eval, variant) + the DeepSpeed JSON
+    ds_config.json   the DeepSpeed JSON actually used (pass it back with --ds_config)
     meta.json        git hash, pip freeze, torch/deepspeed versions, world size, seeds, command
     metrics.jsonl    one JSON object per line: {"step": ..., "train/loss": ..., ...}
     results.json     final valid/test metrics, parameter count, best validation, throughput
@@ -26,6 +27,7 @@ from skipxl.errors import SkipxlError
 from skipxl.provenance import git_info, installed_packages
 
 CONFIG = "config.json"
+DS_CONFIG = "ds_config.json"
 META = "meta.json"
 METRICS = "metrics.jsonl"
 RESULTS = "results.json"
@@ -99,6 +101,11 @@ def check_run_dir(out_dir: Path, *, resume: bool) -> None:
 
 def write_config(out_dir: Path, config: dict[str, Any]) -> None:
     save_json(config, Path(out_dir) / CONFIG)
+
+
+def write_ds_config(out_dir: Path, ds_config: dict[str, Any]) -> None:
+    """The DeepSpeed JSON the engine was built with, as a file ``--ds_config`` takes back."""
+    save_json(ds_config, Path(out_dir) / DS_CONFIG)
 
 
 def write_meta(out_dir: Path, meta: dict[str, Any]) -> None:

@@ -259,6 +259,7 @@ class Trainer:
         run_dict = run_config_to_dict(self.cfg)
         run_dict["ds_config"] = self.ds_config
         rd.write_config(self.out_dir, run_dict)
+        rd.write_ds_config(self.out_dir, self.ds_config)
         seeds = {"seed": tc.seed, "rank_seed_offset": tc.rank_seed_offset, "plan_seed": mc.plan_seed}
         extra = {
             "micro_batch": self.micro,
@@ -335,7 +336,9 @@ class Trainer:
         self.logger.log(self.state.step, row)
         self.logger.progress(self.state.step, {"loss": row["train/loss"], "lr": row["lr"]})
 
-    def _evaluate(self, split: str, protocol: Any, max_batches: int | None = None) -> Any:
+    def _evaluate(
+        self, split: str, protocol: Any, max_batches: int | None = None, progress: str | None = None
+    ) -> Any:
         return evaluate_split(
             self.module,
             self.corpus.splits[split],
@@ -344,6 +347,7 @@ class Trainer:
             world_size=self.world.world_size,
             device=self.device,
             max_batches=max_batches,
+            progress=progress,
         )
 
     def validate(self) -> dict[str, float]:
@@ -361,7 +365,8 @@ class Trainer:
         """Valid and test scores with the run's evaluation protocol (``cfg.eval``)."""
         out: dict[str, Any] = {}
         for split, prefix in (("valid", "final_val"), ("test", "test")):
-            out.update(self._evaluate(split, self.cfg.eval).metrics(self.level, prefix))
+            res = self._evaluate(split, self.cfg.eval, progress=f"final {split}")
+            out.update(res.metrics(self.level, prefix))
         out["eval_protocol"] = dataclasses.asdict(self.cfg.eval)
         return out
 
@@ -447,7 +452,7 @@ class Trainer:
                     self.save()
                     who = stop.signal or f"stop_at_step={stop_at_step}"
                     self.logger.write(
-                        f"stopped at step {step} ({who}); checkpoint saved, continue with --resume"
+                        f"stopped at step {step} ({who}); resume with --resume --out {self.out_dir}"
                     )
                     return TrainResult(self.out_dir, step, False, who, self.losses, {})
             self.save()

@@ -43,6 +43,7 @@ from skipxl.glue.metrics import compute_metrics
 from skipxl.glue.runlog import RESULT_FILE, RunLogger, build_meta, write_marker
 from skipxl.glue.tasks import GlueSplit, TaskSpec, get_task, load_split
 from skipxl.model.heads import CROSS_HEAD_MODES, CrossHeadConfig
+from skipxl.progress import progress_bar
 
 VARIANTS = ("baseline", "cross_head")
 #: The cross-head generator is seeded with init_seed + this, away from the dropout stream's seed.
@@ -62,7 +63,7 @@ class FinetuneConfig:
     variant: str = "baseline"
     beta: float = 0.1
     mode: str = "permutation"
-    attn_base: str = "sdpa"
+    attn_implementation: str = "sdpa"
     init_seed: int = 0
     data_seed: int = 0
     lr: float = 2e-5
@@ -85,6 +86,7 @@ class FinetuneConfig:
     max_train_examples: int | None = None
     max_eval_examples: int | None = None
     dropout: float | None = None
+    save_model: bool = False
 
     def __post_init__(self) -> None:
         get_task(self.task)
@@ -94,7 +96,8 @@ class FinetuneConfig:
             self.mode in CROSS_HEAD_MODES, f"mode {self.mode!r} is unknown; choose one of {CROSS_HEAD_MODES}"
         )
         require(
-            self.attn_base in ("sdpa", "eager"), f"attn_base {self.attn_base!r}: choose 'sdpa' or 'eager'"
+            self.attn_implementation in ("sdpa", "eager"),
+            f"attn_implementation {self.attn_implementation!r}: choose 'sdpa' or 'eager'",
         )
         require(self.lr > 0, f"lr must be positive, got {self.lr}")
         require(self.batch_size > 0, f"batch_size must be positive, got {self.batch_size}")
@@ -244,6 +247,23 @@ def evaluate(
     return metrics, n_classes
 
 
+#: Where ``--save_model`` writes the fine-tuned model and its tokenizer inside a run folder.
+MODEL_DIR = "model"
+
+
+def save_pretrained(model: Any, tokenizer: Any, path: Path, attn_implementation: str) -> Path:
+    """``save_pretrained`` of the model and tokenizer: ``from_pretrained(path)`` loads them back.
+
+    The attention is switched back to the stock kernel first: cross-head mixing is a training
+    regulariser (evaluation is the stock model bit for bit), and a saved model should load in
+    a plain ``transformers`` install that knows nothing of the skipxl attention functions.
+    """
+    model.set_attn_implementation(attn_implementation)
+    model.save_pretrained(path, safe_serialization=True)
+    tokenizer.save_pretrained(path)
+    return path
+
+
 def finetune(cfg: FinetuneConfig, run_dir: str | Path) -> dict[str, Any]:
     """Train one run into ``run_dir``; return (and write as result.json) its final metrics."""
     t_start = time.time()
@@ -277,7 +297,7 @@ def finetune(cfg: FinetuneConfig, run_dir: str | Path) -> dict[str, Any]:
         micro_batch=micro,
         grad_accum=accum,
         world_size=world.world_size,
-        overrides={"gradient_clipping": cfg.grad_clip},
+        clip=cfg.grad_clip,
     )
     steps_per_epoch = len(train) // cfg.batch_size
     if steps_per_epoch == 0:
@@ -297,7 +317,7 @@ def finetune(cfg: FinetuneConfig, run_dir: str | Path) -> dict[str, Any]:
         init_seed=cfg.init_seed,
         cross_head=cfg.cross_head,
         cross_head_seed=cfg.init_seed + CROSS_HEAD_SEED_OFFSET,
-        attn_base=cfg.attn_base,
+        attn_base=cfg.attn_implementation,
         dropout=cfg.dropout,
     )
     optimizer = torch.optim.AdamW(param_groups(model, cfg.weight_decay), lr=cfg.lr, eps=cfg.adam_eps)
@@ -309,6 +329,7 @@ def finetune(cfg: FinetuneConfig, run_dir: str | Path) -> dict[str, Any]:
     logger = RunLogger(run_dir, enabled=main)
     if main:
         save_json(cfg, run_dir / "config.json")
+        save_json(ds_cfg, run_dir / "ds_config.json")  # the DeepSpeed JSON actually used
         save_json(
             build_meta(
                 seeds={
@@ -343,6 +364,7 @@ def finetune(cfg: FinetuneConfig, run_dir: str | Path) -> dict[str, Any]:
     metrics: dict[str, float] = {}
     n_pred_classes = 0
     engine.train()
+    bar = progress_bar(total_steps, f"{spec.name} {cfg.variant} seed {cfg.init_seed}", "step", main)
     for epoch in range(cfg.epochs):
         perm = torch.randperm(len(train), generator=order_gen).tolist()  # same order on every rank
         for s in range(steps_per_epoch):
@@ -360,9 +382,11 @@ def finetune(cfg: FinetuneConfig, run_dir: str | Path) -> dict[str, Any]:
                 t = all_reduce(torch.tensor([step_loss], device=collective_device(engine.device)))
                 step_loss = float(t) / world.world_size
             if not math.isfinite(step_loss):
+                bar.close()
                 logger.close()
                 raise RunDiverged(f"training loss is {step_loss} at step {step + 1}")
             step += 1
+            bar.update()
             running, n_running, last_loss = running + step_loss, n_running + 1, step_loss
             if step % cfg.log_every == 0 or step == total_steps:
                 logger.log(
@@ -382,6 +406,7 @@ def finetune(cfg: FinetuneConfig, run_dir: str | Path) -> dict[str, Any]:
         if last:
             break
     train_time = time.time() - t_train
+    bar.close()
     logger.close()
 
     result = {
@@ -403,6 +428,8 @@ def finetune(cfg: FinetuneConfig, run_dir: str | Path) -> dict[str, Any]:
         "world_size": world.world_size,
         "precision": precision_of(ds_cfg),
     }
+    if main and cfg.save_model:
+        save_pretrained(engine.module, tokenizer, run_dir / MODEL_DIR, cfg.attn_implementation)
     if main:
         write_marker(run_dir, RESULT_FILE, to_dict(result))
     if hasattr(engine, "destroy"):

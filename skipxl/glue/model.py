@@ -61,6 +61,41 @@ def resolve_model(name_or_path: str) -> tuple[str, bool]:
     return name_or_path, False
 
 
+def check_available(name_or_path: str, *, timeout_s: float = 3.0) -> None:
+    """Fail fast, before any work, when a hub model can neither be found locally nor downloaded.
+
+    Without this, ``from_pretrained`` of a hub name on a machine without network retries for
+    about 50 s before it fails. A name in the local Hugging Face cache is fine offline; with
+    ``HF_HUB_OFFLINE=1`` (or ``TRANSFORMERS_OFFLINE=1``) nothing else is; otherwise the hub
+    must answer a TCP connection within ``timeout_s``.
+    """
+    source, local = resolve_model(name_or_path)
+    if local:
+        return
+    from huggingface_hub import constants, try_to_load_from_cache
+
+    cached = try_to_load_from_cache(source, "config.json")
+    if isinstance(cached, str):
+        return
+    fix = f"pass a local model folder, '{DEFAULT_MODEL}' (offline MiniLM) or '{TINY_RANDOM}'"
+    if _offline():
+        raise SkipxlError(
+            f"model {name_or_path!r} is not in the Hugging Face cache and HF_HUB_OFFLINE is set; {fix}"
+        )
+    import socket
+    from urllib.parse import urlparse
+
+    url = urlparse(constants.ENDPOINT)
+    host, port = url.hostname or "huggingface.co", url.port or (443 if url.scheme == "https" else 80)
+    try:
+        socket.create_connection((host, port), timeout=timeout_s).close()
+    except OSError as exc:
+        raise SkipxlError(
+            f"model {name_or_path!r} is not in the Hugging Face cache and {host} cannot be reached "
+            f"({type(exc).__name__}); {fix}, or go online"
+        ) from None
+
+
 def tiny_random_config(num_labels: int, vocab_size: int, **overrides: Any) -> Any:
     """A tiny ``BertConfig`` (2 layers, 4 heads of 8 dims) for smoke tests."""
     from transformers import BertConfig

@@ -514,7 +514,9 @@ def main(
         out: where to write the files (default: ``sweep_dir``).
         baseline: the variant the std reduction is measured against.
         metric: the metric to compare (default: each task's primary metric).
-        n_boot, ci, seed: bootstrap resamples, confidence level and seed of the CI.
+        n_boot: bootstrap resamples of the confidence interval.
+        ci: confidence level of the interval (0.95).
+        seed: seed of the bootstrap resampling.
         plot: also draw the per-seed strip/box plot (PNG).
 
     Bad input raises :class:`SkipxlError`; the command-line entry points print it as one line.

@@ -25,7 +25,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from skipxl.config_io import save_json
+from skipxl.config_io import dumps, save_json
 from skipxl.provenance import git_info, installed_packages
 
 RESULT_FILE = "result.json"
@@ -111,7 +111,7 @@ class RunLogger:
             return
         record = {"step": step, "split": split, **{k: _json_float(v) for k, v in values.items()}, **extra}
         assert self._fh is not None and self._tb is not None
-        self._fh.write(json.dumps(record, sort_keys=True) + "\n")
+        self._fh.write(dumps(record, sort_keys=True) + "\n")
         self._fh.flush()
         for key, value in values.items():
             if isinstance(value, (int, float)) and math.isfinite(float(value)):

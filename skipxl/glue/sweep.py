@@ -138,7 +138,10 @@ def _check_same_config(run: PlannedRun) -> None:
         old = json.loads(path.read_text())
     except json.JSONDecodeError:
         return
-    diff = config_diff(old, to_dict(run.cfg))
+    old = {RENAMED_FLAGS.get(k, k): v for k, v in old.items()}
+    defaults = to_dict(FinetuneConfig())
+    old = {**{k: v for k, v in defaults.items() if k not in old}, **old}  # fields added since
+    diff = config_diff(old, to_dict(run.cfg), ignore=frozenset({"save_model"}))
     if diff:
         raise SkipxlError(
             f"{run.run_dir} was trained with a different configuration (fields {diff}); use another --out "
@@ -160,6 +163,14 @@ def _rank() -> int:
     import os
 
     return int(os.environ.get("RANK", "0"))
+
+
+def _duration(seconds: float) -> str:
+    """``"1h02m"``, ``"3m05s"`` or ``"12s"``."""
+    seconds = round(seconds)
+    hours, rest = divmod(seconds, 3600)
+    minutes, secs = divmod(rest, 60)
+    return f"{hours}h{minutes:02d}m" if hours else (f"{minutes}m{secs:02d}s" if minutes else f"{secs}s")
 
 
 def run_sweep(
@@ -215,92 +226,226 @@ def run_sweep(
             say(f"{tag}: FAILED ({type(exc).__name__}: {exc})")
             continue
         outcome.ran.append(run.run_dir)
-        say(f"{tag}: {result['primary_metric']} {result['primary']:.4f} ({time.time() - t_run:.1f} s)")
+        done = len(outcome.ran) + len(outcome.failed)
+        left = len(pending) - done
+        eta = (time.time() - t0) / done * left
+        say(
+            f"{tag}: {result['primary_metric']} {result['primary']:.4f} ({time.time() - t_run:.1f} s; "
+            f"{left} to go, ETA {_duration(eta)})"
+        )
     outcome.wall_time_s = time.time() - t0
     return outcome
+
+
+#: FinetuneConfig fields a sweep sets per run (from --task/--variants/--seeds), not as flags.
+PER_RUN_FIELDS = ("task", "variant", "init_seed", "data_seed")
+#: Old flag spellings -> the FinetuneConfig field that replaced them.
+RENAMED_FLAGS = {"attn_base": "attn_implementation"}
+#: The sweep's own options (every other flag is a FinetuneConfig field).
+SWEEP_OPTIONS = ("task", "variants", "seeds", "out", "data_seed", "retry_failed", "report", "dry_run")
+
+
+def finetune_fields(flags: dict[str, Any]) -> tuple[dict[str, Any], set[str]]:
+    """``--name value`` flags -> typed FinetuneConfig fields, checked against the dataclass.
+
+    Every field of :class:`FinetuneConfig` (but the per-run ones) is a flag, so a field added
+    to the dataclass is a flag at once; a misspelt name is one error line with the closest
+    spellings, before anything runs. Returns the fields and the names the user gave.
+    """
+    import dataclasses
+    import typing
+
+    from skipxl.engine.flags import coerce, unknown_flag
+
+    hints = typing.get_type_hints(FinetuneConfig)
+    valid = [f.name for f in dataclasses.fields(FinetuneConfig) if f.name not in PER_RUN_FIELDS]
+    out: dict[str, Any] = {}
+    for name, value in flags.items():
+        if name in RENAMED_FLAGS:
+            new = RENAMED_FLAGS[name]
+            print(f"warning: --{name} is deprecated; use --{new}", file=sys.stderr)
+            if new in flags:
+                raise SkipxlError(f"--{name} and --{new} are the same option; pass only --{new}")
+            name = new
+        if name not in valid:
+            raise unknown_flag(name, [*valid, *SWEEP_OPTIONS], "recipes/glue.py")
+        out[name] = coerce(name, value, hints[name])
+    return out, set(out)
+
+
+def glue_help(prog: str = "glue.py") -> str:
+    """``--help`` of ``recipes/glue.py``: the sweep's options and every FinetuneConfig field."""
+    import dataclasses
+    import inspect
+    import typing
+
+    from skipxl.engine.flags import doc_entries, type_name
+
+    hints = typing.get_type_hints(FinetuneConfig)
+    docs = doc_entries(FinetuneConfig.__doc__)
+    lines = [f"usage: {prog} [--FLAG VALUE ...]   |   {prog} report SWEEP_DIR", "", "sweep:"]
+    for name, param in inspect.signature(main).parameters.items():
+        if param.kind is inspect.Parameter.VAR_KEYWORD or name == "local_rank":
+            continue
+        lines.append(f"  --{name:<22} (default: {param.default})")
+    lines += ["", "every run (FinetuneConfig):"]
+    for f in dataclasses.fields(FinetuneConfig):
+        if f.name in PER_RUN_FIELDS:
+            continue
+        head = f"  --{f.name} {type_name(hints[f.name]).upper()}"
+        lines.append(f"{head:<36} (default: {f.default}) {docs.get(f.name, '')}".rstrip())
+    lines += [
+        "",
+        "--attn_base: deprecated spelling of --attn_implementation; --deepspeed_config F = --ds_config F.",
+    ]
+    return "\n".join(lines)
+
+
+def resolve_sweep(
+    task: Any = "mrpc",
+    variants: Any = "baseline,cross_head",
+    seeds: Any = "0-4",
+    out: str = "runs/glue",
+    data_seed: int | None = None,
+    retry_failed: bool = False,
+    **flags: Any,
+) -> tuple[SweepConfig, dict[str, Any], int, int]:
+    """Flags -> the validated :class:`SweepConfig`, its DeepSpeed JSON, micro-batch and accumulation.
+
+    Everything that can be checked without a model is checked here (flags, field values, GLUE
+    files, the DeepSpeed config and its batch arithmetic), so a mistake costs no training.
+    """
+    import os
+
+    from skipxl.engine.ds_config import (
+        check_supported,
+        ds_config_for,
+        load_ds_config,
+        reconcile,
+        resolve_ds_config_path,
+        zero_stage_of,
+    )
+    from skipxl.engine.flags import coerce
+    from skipxl.engine.recipe import ds_config_flag
+    from skipxl.glue.finetune import resolve_ds_name
+    from skipxl.glue.model import check_available
+
+    ds_name = ds_config_flag(flags.pop("ds_config", None), flags)
+    if ds_name is not None:
+        flags["ds_config"] = ds_name
+    fields, explicit = finetune_fields(flags)
+    specs = parse_tasks(task if isinstance(task, str) else [str(t) for t in task])
+    base = FinetuneConfig(task=specs[0].name, **fields)
+    if base.data_source == "local":  # fail before any model is loaded when a file is missing
+        root = resolve_glue_dir(base.glue_dir)
+        for spec in specs:
+            for split in spec.splits:
+                task_file(root, spec, split)
+    check_available(base.model)  # a hub name offline fails now, not after 50 s of retries
+    # The Hugging Face convention for the DeepSpeed JSON: its explicit values stand, "auto" is filled.
+    ds_path = resolve_ds_name(base.ds_config)
+    ds_json = load_ds_config(ds_path)
+    source = str(resolve_ds_config_path(ds_path))
+    check_supported(
+        ds_json,
+        source,
+        {
+            "optimizer": "--lr, --adam_eps, --weight_decay",
+            "scheduler": "--warmup_ratio (linear warm-up, decay)",
+        },
+    )
+    names = {"global_batch": "batch_size", "clip": "grad_clip"}
+    current = {
+        "global_batch": base.batch_size,
+        "micro_batch": base.micro_batch,
+        "grad_accum": base.grad_accum,
+    }
+    current["clip"] = base.grad_clip
+    merged = reconcile(
+        ds_json, current, {k for k, v in names.items() if v in explicit} | explicit, source, flag_names=names
+    )
+    base = replace(
+        base,
+        batch_size=merged["global_batch"],
+        micro_batch=merged["micro_batch"],
+        grad_accum=merged["grad_accum"],
+        grad_clip=merged["clip"],
+    )
+    cfg = SweepConfig(
+        tasks=tuple(s.name for s in specs),
+        variants=parse_variants(variants),
+        seeds=parse_seeds(seeds),
+        out=coerce("out", out, str),
+        base=base,
+        data_seed=coerce("data_seed", data_seed, int | None),
+        retry_failed=coerce("retry_failed", retry_failed, bool),
+    )
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    train_view = _TrainView(base.batch_size, base.micro_batch, base.grad_accum, ds_path, base.grad_clip)
+    ds, micro, accum = ds_config_for(train_view, world)
+    if base.save_model and zero_stage_of(ds) == 3:
+        raise SkipxlError(
+            "--save_model with ZeRO stage 3 is not supported (the weights are partitioned); "
+            "use a stage 0-2 --ds_config"
+        )
+    return cfg, ds, micro, accum
+
+
+@dataclass(frozen=True)
+class _TrainView:
+    """The batch/clipping fields :func:`~skipxl.engine.ds_config.ds_config_for` reads, GLUE-named."""
+
+    global_batch: int
+    micro_batch: int | None
+    grad_accum: int | None
+    ds_config: str
+    clip: float
 
 
 def main(
     task: Any = "mrpc",
     variants: Any = "baseline,cross_head",
     seeds: Any = "0-4",
-    model: str = "minilm",
-    glue_dir: str | None = None,
     out: str = "runs/glue",
-    max_steps: int | None = None,
-    beta: float = 0.1,
-    mode: str = "permutation",
-    attn_base: str = "sdpa",
-    ds_config: str = "auto",
-    lr: float = 2e-5,
-    batch_size: int = 32,
-    micro_batch: int | None = None,
-    grad_accum: int | None = None,
-    epochs: int = 3,
-    max_length: int = 128,
-    warmup_ratio: float = 0.1,
     data_seed: int | None = None,
-    data_source: str = "local",
-    max_train_examples: int | None = None,
-    max_eval_examples: int | None = None,
     retry_failed: bool = False,
     report: bool = True,
+    dry_run: bool = False,
     local_rank: int | None = None,
+    **flags: Any,
 ) -> None:
     """Seed sweep, then report (rank 0); the body of ``recipes/glue.py``.
 
     ``deepspeed recipes/glue.py --task mrpc --variants baseline,cross_head --seeds 0-9 --model NAME``
 
-    ``local_rank`` is accepted (and ignored: LOCAL_RANK is read from the environment) because
-    the ``deepspeed`` launcher appends ``--local_rank=N`` to the script's arguments.
+    Every :class:`~skipxl.glue.finetune.FinetuneConfig` field is a flag (``--lr``,
+    ``--batch_size``, ``--attn_implementation``, ``--save_model``, ...); all of them are
+    checked before the first run starts. ``--dry_run`` prints the resolved sweep and the
+    DeepSpeed JSON and stops. ``local_rank`` is accepted (and ignored: LOCAL_RANK is read from
+    the environment) because the ``deepspeed`` launcher appends ``--local_rank=N``.
     """
+    from skipxl.engine.flags import coerce
+
     del local_rank
-    specs = parse_tasks(task if isinstance(task, str) else [str(t) for t in task])
-    if data_source == "local":  # fail before any model is loaded when a file is missing
-        root = resolve_glue_dir(glue_dir)
-        for spec in specs:
-            for split in spec.splits:
-                task_file(root, spec, split)
-    base = FinetuneConfig(
-        task=specs[0].name,
-        model=str(model),
-        beta=float(beta),
-        mode=str(mode),
-        attn_base=str(attn_base),
-        ds_config=str(ds_config),
-        lr=float(lr),
-        batch_size=int(batch_size),
-        micro_batch=micro_batch,
-        grad_accum=grad_accum,
-        epochs=int(epochs),
-        max_length=int(max_length),
-        warmup_ratio=float(warmup_ratio),
-        max_steps=max_steps,
-        glue_dir=None if glue_dir is None else str(glue_dir),
-        data_source=str(data_source),
-        max_train_examples=max_train_examples,
-        max_eval_examples=max_eval_examples,
+    cfg, ds, micro, accum = resolve_sweep(
+        task, variants, seeds, out, data_seed=data_seed, retry_failed=retry_failed, **flags
     )
-    cfg = SweepConfig(
-        tasks=tuple(s.name for s in specs),
-        variants=parse_variants(variants),
-        seeds=parse_seeds(seeds),
-        out=str(out),
-        base=base,
-        data_seed=data_seed,
-        retry_failed=bool(retry_failed),
-    )
+    if coerce("dry_run", dry_run, bool):
+        runs = plan_runs(cfg)
+        plan = {"sweep": to_dict(cfg), "runs": len(runs), "micro_batch": micro, "grad_accum": accum}
+        print(json.dumps({**plan, "ds_config": ds}, indent=2, sort_keys=True))
+        return
     outcome = run_sweep(cfg)
     if _rank() == 0:
         print(
             f"sweep: {len(outcome.ran)} ran, {len(outcome.skipped)} skipped, {len(outcome.failed)} failed "
-            f"in {outcome.wall_time_s:.1f} s -> {out}",
+            f"in {outcome.wall_time_s:.1f} s -> {cfg.out}",
             flush=True,
         )
-        if report:
+        if coerce("report", report, bool):
             from skipxl.glue.report import glue_report
 
-            rep = glue_report(out)
+            rep = glue_report(cfg.out)
             print(rep.markdown, flush=True)
             print(f"report: {rep.markdown_path} {rep.csv_path} {rep.plot_path or ''}", flush=True)
 

@@ -34,7 +34,6 @@ optimizer step) or on :meth:`close`.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TextIO
@@ -42,6 +41,7 @@ from typing import Any, TextIO
 import torch
 from torch import nn
 
+from skipxl.config_io import dumps
 from skipxl.profiling.estimate import DTypeRule, cluster_counts, estimate_step, memory_geometry
 from skipxl.profiling.peak import PeakTracker
 from skipxl.profiling.saved_tensors import SavedTensorAccountant
@@ -324,7 +324,7 @@ class MemoryProfiler:
     def _emit(self, record: dict[str, Any]) -> None:
         self.records.append(record)
         if self._file is not None:
-            self._file.write(json.dumps(record, sort_keys=True) + "\n")
+            self._file.write(dumps(record, sort_keys=True) + "\n")
             self._file.flush()
         step = record["step"]
         numbers = {
