@@ -90,13 +90,18 @@ def memory_param_count(hidden: int, cfg: SpartanConfig) -> int:
 # ----------------------------------------------------------------------------- pure functions
 
 
+def _at_least_fp32(x: Tensor) -> Tensor:
+    """bf16/fp16 -> fp32 for softmax; fp32/fp64 unchanged."""
+    return x.to(torch.promote_types(x.dtype, torch.float32))
+
+
 def parent_weights(h: Tensor, w_parent: Tensor, topk: int) -> tuple[Tensor, Tensor, Tensor]:
     """Top-k masked softmax over parents.
 
     Returns ``(a [B, S, E], top_a [B, S, k], top_idx [B, S, k])``: the full weights (exact zeros
     outside the top k), the kept weights and their parent indices (in descending logit order).
     """
-    logits = (h @ w_parent.t()).float()  # [B, S, H] @ [H, E] -> [B, S, E]
+    logits = _at_least_fp32(h @ w_parent.t())  # [B, S, H] @ [H, E] -> [B, S, E]
     top_val, top_idx = logits.topk(topk, dim=-1)  # [B, S, k]
     masked = torch.full_like(logits, float("-inf")).scatter(-1, top_idx, top_val)  # [B, S, E]
     a = torch.softmax(masked, dim=-1)  # [B, S, E], zero where masked
@@ -107,7 +112,7 @@ def parent_weights(h: Tensor, w_parent: Tensor, topk: int) -> tuple[Tensor, Tens
 def children_dense(h: Tensor, a: Tensor, w_key: Tensor, w_value: Tensor, parents: int, temperature: float):
     """Version 1: all ``E`` groups, weighted by ``a`` (zeros for unselected parents) -> ``[B, S, H]``."""
     B, S, _ = h.shape
-    logits = (h @ w_key.t()).float() / temperature  # [B, S, M]
+    logits = _at_least_fp32(h @ w_key.t()) / temperature  # [B, S, M]
     p = torch.softmax(logits.view(B, S, parents, -1), dim=-1)  # [B, S, E, C], per-group softmax
     weight = (a.unsqueeze(-1) * p).reshape(B, S, -1)  # [B, S, E, C] -> [B, S, M]
     return weight.to(w_value.dtype) @ w_value  # [B, S, M] @ [M, H] -> [B, S, H]
@@ -126,7 +131,7 @@ def children_sparse(
     M, H = w_key.shape
     keys = w_key.view(parents, M // parents, H)[top_idx]  # [E, C, H][B, S, k] -> [B, S, k, C, H]
     values = w_value.view(parents, M // parents, H)[top_idx]  # [B, S, k, C, H]
-    logits = torch.einsum("bsh,bskch->bskc", h, keys).float() / temperature  # [B, S, k, C]
+    logits = _at_least_fp32(torch.einsum("bsh,bskch->bskc", h, keys)) / temperature  # [B, S, k, C]
     p = torch.softmax(logits, dim=-1)  # [B, S, k, C], per-group softmax
     weight = (top_a.unsqueeze(-1) * p).to(values.dtype)  # [B, S, k, C]
     return torch.einsum("bskc,bskch->bsh", weight, values)  # [B, S, H]
@@ -159,7 +164,7 @@ def load_balance_loss(a: Tensor, mask: Tensor | None = None) -> Tensor:
     ``a [B, S, E]``; ``mask [B, S]`` (1 = real token) excludes padding from the mean. Equals
     ``1/E^2`` when usage is uniform, ``1/E`` when one parent takes everything.
     """
-    a = a.float()
+    a = _at_least_fp32(a)
     if mask is None:
         usage = a.mean(dim=(0, 1))  # [E]
     else:
