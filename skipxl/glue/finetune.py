@@ -553,6 +553,8 @@ def finetune(cfg: FinetuneConfig, run_dir: str | Path) -> dict[str, Any]:
             if spartan_state is not None:  # parent usage of the final evaluation only
                 spartan_state.recording = last
             metrics, n_pred_classes, dev_logits = evaluate(engine, evals, spec, pad_id, cfg.eval_batch_size)
+            if spartan_state is not None:
+                spartan_state.recording = False
             logger.log(step, "dev", metrics, epoch=epoch, elapsed_s=round(time.time() - t_train, 2))
         if last:
             break
