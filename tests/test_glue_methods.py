@@ -320,3 +320,33 @@ def test_report_pools_methods_with_their_own_recipes_but_not_other_settings(tmp_
     _fake_run(tmp_path / "a", "lora", "lora", 0, lr=5e-4, batch_size=16, max_steps=7)
     with pytest.raises(SkipxlError, match=r"different settings \(max_steps: None vs 7\)"):
         glue_report(tmp_path / "a", plot=False)
+
+
+def test_sweep_plans_methods_with_their_presets_and_labels(tmp_path: Path) -> None:
+    from skipxl.glue.sweep import SweepConfig, plan_runs, with_defaults
+
+    cfg = SweepConfig(
+        tasks=("rte",),
+        methods=("full", "spartan", "lora"),
+        variants=("baseline", "cross_head"),
+        seeds=(0,),
+        out=str(tmp_path),
+    )
+    runs = plan_runs(cfg)
+    got = {(r.label, r.cfg.method, r.cfg.variant, r.cfg.lr, r.cfg.batch_size) for r in runs}
+    assert got == {
+        ("baseline", "full", "baseline", 2e-5, 32),
+        ("cross_head", "full", "cross_head", 2e-5, 32),
+        ("spartan", "spartan", "baseline", 1e-3, 16),
+        ("spartan+cross_head", "spartan", "cross_head", 1e-3, 16),
+        ("lora", "lora", "baseline", 5e-4, 16),
+        ("lora+cross_head", "lora", "cross_head", 5e-4, 16),
+    }
+    assert {r.run_dir.relative_to(tmp_path).parts[1] for r in runs} == {r[0] for r in got}
+    fixed = plan_runs(SweepConfig(tasks=("rte",), methods=("spartan",), seeds=(0,), lr=3e-4, batch_size=8))
+    assert {(r.cfg.lr, r.cfg.batch_size) for r in fixed} == {(3e-4, 8)}
+    # a config written before the method options existed still matches a plain full run
+    old = {k: v for k, v in json.loads(json.dumps(ft.to_dict(FinetuneConfig()))).items() if k != "method"}
+    assert with_defaults(old) == ft.to_dict(FinetuneConfig())
+    with pytest.raises(SkipxlError, match="method 'bitfit' is unknown"):
+        SweepConfig(methods=("bitfit",))
