@@ -92,7 +92,9 @@ def cost_table(records: list[Any]) -> str:
         "Means over finished runs. bytes/task = what is stored per task beside the frozen backbone "
         "(the whole model for full fine-tuning). train tok/s = real tokens per second of training "
         "steps; infer ex/s at batch 1 and 32 on the first dev examples; peak RSS = process "
-        "high-water mark during the run. Timings from a shared CPU are noisy; see "
+        "high-water mark during the run; train step s = time in training steps (forward, backward, "
+        "optimizer), train s = the training loop including per-epoch evaluation. "
+        "Timings from a shared CPU are noisy; see "
         "tools/bench_glue_methods.py for side-by-side ratios.",
     ]
     for task in dict.fromkeys(r.task for r in with_cost):
@@ -101,8 +103,8 @@ def cost_table(records: list[Any]) -> str:
             f"### {task.upper()}",
             "",
             "| variant | n | trainable params | % of model | bytes/task | train tok/s | infer ex/s b1 "
-            "| infer ex/s b32 | peak RSS MiB | train s/run |",
-            "|---|---|---|---|---|---|---|---|---|---|",
+            "| infer ex/s b32 | peak RSS MiB | train step s/run | train s/run |",
+            "|---|---|---|---|---|---|---|---|---|---|---|",
         ]
         runs = [r for r in with_cost if r.task == task]
         for variant in sorted({r.variant for r in runs}, key=lambda v: (v != "baseline", v)):
@@ -119,6 +121,7 @@ def cost_table(records: list[Any]) -> str:
                 f"{_num(_mean([i.get('1', {}).get('examples_per_s') for i in infer]), 1)} | "
                 f"{_num(_mean([i.get('32', {}).get('examples_per_s') for i in infer]), 1)} | "
                 f"{_num(_mean([x.get('peak_rss_mib') for x in c]))} | "
+                f"{_num(_mean([x.get('train_step_time_s') for x in c]), 1)} | "
                 f"{_num(_mean([x.get('train_time_s') for x in c]))} |"
             )
     return "\n".join(lines) + "\n"
