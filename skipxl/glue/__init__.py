@@ -6,7 +6,32 @@ attention implementations), :mod:`~skipxl.glue.tasks` (readers for the nine GLUE
 (one DeepSpeed run), :mod:`~skipxl.glue.sweep` (resumable seed sweeps) and
 :mod:`~skipxl.glue.report` (spread across seeds and its bootstrap CI).
 
+Parameter-efficient fine-tuning of a frozen backbone (``--method``): :mod:`~skipxl.glue.methods`
+(registry, trained-parameter rule, parameter formulas), :mod:`~skipxl.glue.spartan` (SPARTAN
+sparse hierarchical memory, arXiv 2211.16634), :mod:`~skipxl.glue.adapters` (Houlsby/Pfeiffer
+bottleneck adapters), :mod:`~skipxl.glue.peft_methods` (LoRA via peft),
+:mod:`~skipxl.glue.sampling` (few-shot stratified samples), :mod:`~skipxl.glue.method_io`
+(save/load a trained method alone), :mod:`~skipxl.glue.cost` (parameters, bytes, speed, memory)
+and :mod:`~skipxl.glue.parents` (SPARTAN parent usage).
+
 Nothing heavy is imported here: import the submodule you need.
 """
 
-__all__ = ["cross_head_attention", "finetune", "metrics", "model", "report", "runlog", "sweep", "tasks"]
+__all__ = [
+    "adapters",
+    "cost",
+    "cross_head_attention",
+    "finetune",
+    "method_io",
+    "methods",
+    "metrics",
+    "model",
+    "parents",
+    "peft_methods",
+    "report",
+    "runlog",
+    "sampling",
+    "spartan",
+    "sweep",
+    "tasks",
+]

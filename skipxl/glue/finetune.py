@@ -39,8 +39,12 @@ from skipxl.engine.distributed import (
 from skipxl.engine.ds_config import build_ds_config, precision_of, resolve_batch, zero_stage_of
 from skipxl.engine.ds_engine import build_engine, optimizer_step
 from skipxl.errors import SkipxlError, require
+from skipxl.glue.adapters import AdapterConfig
+from skipxl.glue.methods import Settings, apply_method, check_method
 from skipxl.glue.metrics import compute_metrics
+from skipxl.glue.peft_methods import LoraSettings
 from skipxl.glue.runlog import RESULT_FILE, RunLogger, build_meta, write_marker
+from skipxl.glue.spartan import SpartanConfig
 from skipxl.glue.tasks import GlueSplit, TaskSpec, get_task, load_split
 from skipxl.model.heads import CROSS_HEAD_MODES, CrossHeadConfig
 from skipxl.progress import progress_bar
@@ -87,9 +91,39 @@ class FinetuneConfig:
     max_eval_examples: int | None = None
     dropout: float | None = None
     save_model: bool = False
+    # parameter-efficient methods (skipxl.glue.methods): "full" is ordinary fine-tuning
+    method: str = "full"
+    spartan_parents: int = 16
+    spartan_children: int = 48
+    spartan_topk: int = 8
+    spartan_temperature: float = 1.6
+    spartan_version: str = "v1"
+    spartan_aux_loss: float = 0.0
+    spartan_layernorm: bool = False
+    adapter_reduction: int = 16
+    lora_rank: int = 8
+    lora_alpha: float = 8.0
+    lora_dropout: float = 0.0
+    lora_targets: tuple[str, ...] = ("query", "value")
+    # few-shot: a stratified sample of train_samples examples drawn with sample_seed (None: data_seed)
+    train_samples: int | None = None
+    sample_seed: int | None = None
+    save_method: bool = True
+    measure_inference: bool = True
 
     def __post_init__(self) -> None:
         get_task(self.task)
+        check_method(self.method)
+        SpartanConfig(**self._spartan_fields())  # every method flag is validated, used or not
+        AdapterConfig(reduction=self.adapter_reduction)
+        self._lora()
+        require(
+            self.train_samples is None or self.train_samples > 0,
+            f"train_samples must be a positive number of examples, got {self.train_samples}",
+        )
+        require(
+            self.sample_seed is None or self.sample_seed >= 0, "sample_seed must be a non-negative integer"
+        )
         require(self.variant in VARIANTS, f"variant {self.variant!r} is unknown; choose one of {VARIANTS}")
         CrossHeadConfig(beta=self.beta, mode=self.mode)  # validates beta and mode
         require(
@@ -122,6 +156,33 @@ class FinetuneConfig:
     @property
     def spec(self) -> TaskSpec:
         return get_task(self.task)
+
+    def _spartan_fields(self) -> dict[str, Any]:
+        return {
+            "parents": self.spartan_parents,
+            "children": self.spartan_children,
+            "topk": self.spartan_topk,
+            "temperature": self.spartan_temperature,
+            "version": self.spartan_version,
+            "aux_loss": self.spartan_aux_loss,
+            "layernorm": self.spartan_layernorm,
+        }
+
+    @property
+    def method_settings(self) -> Settings:
+        """The settings object of ``method`` (``None`` for full fine-tuning)."""
+        if self.method == "spartan":
+            return SpartanConfig(**self._spartan_fields())
+        if self.method.startswith("adapter_"):
+            return AdapterConfig(kind=self.method.removeprefix("adapter_"), reduction=self.adapter_reduction)
+        return self._lora() if self.method == "lora" else None
+
+    def _lora(self) -> LoraSettings:
+        return LoraSettings(self.lora_rank, self.lora_alpha, self.lora_dropout, tuple(self.lora_targets))
+
+    @property
+    def resolved_sample_seed(self) -> int:
+        return self.data_seed if self.sample_seed is None else self.sample_seed
 
 
 def linear_warmup_decay(warmup_steps: int, total_steps: int):
@@ -212,39 +273,160 @@ def micro_loss(
     """The loss of one micro-batch (the rows ``indices`` of ``data``)."""
     batch = {k: v.to(engine.device) for k, v in collate(data, indices, pad_id, spec.is_regression).items()}
     labels = batch.pop("labels")
-    return loss_of(engine(**batch).logits, labels, spec.is_regression)
+    loss = loss_of(engine(**batch).logits, labels, spec.is_regression)
+    extra = method_loss(engine.module)  # e.g. SPARTAN's load-balancing loss of this forward
+    return loss if extra is None else loss + extra
 
 
 @torch.no_grad()
-def predict(engine: Any, data: Encoded, spec: TaskSpec, pad_id: int, batch_size: int) -> list[int | float]:
-    """Predictions in example order; batches are length-sorted to limit padding."""
+def predict_logits(engine: Any, data: Encoded, pad_id: int, batch_size: int) -> torch.Tensor:
+    """fp32 logits ``[N, C]`` in example order; batches are length-sorted to limit padding."""
     engine.eval()
     order = sorted(range(len(data)), key=lambda i: len(data.input_ids[i]))
-    preds: list[int | float] = [0] * len(data)
+    rows: list[torch.Tensor] = [torch.empty(0)] * len(data)
     for start in range(0, len(order), batch_size):
         chunk = order[start : start + batch_size]
-        batch = collate(data, chunk, pad_id, spec.is_regression)
+        batch = collate(data, chunk, pad_id, regression=False)
         batch.pop("labels")
         logits = engine(**{k: v.to(engine.device) for k, v in batch.items()}).logits.float()  # [b, C]
-        out = logits.squeeze(-1).tolist() if spec.is_regression else logits.argmax(-1).tolist()
-        for i, p in zip(chunk, out, strict=True):
-            preds[i] = p
+        for i, row in zip(chunk, logits.cpu(), strict=True):
+            rows[i] = row
     engine.train()
-    return preds
+    return torch.stack(rows)  # [N, C]
+
+
+def predictions_of(logits: torch.Tensor, spec: TaskSpec) -> list[int | float]:
+    """Class ids (argmax) or regression scores from ``[N, C]`` logits."""
+    return logits.squeeze(-1).tolist() if spec.is_regression else logits.argmax(-1).tolist()
+
+
+def predict(engine: Any, data: Encoded, spec: TaskSpec, pad_id: int, batch_size: int) -> list[int | float]:
+    """Predictions in example order."""
+    return predictions_of(predict_logits(engine, data, pad_id, batch_size), spec)
 
 
 def evaluate(
     engine: Any, evals: dict[str, tuple[str, Encoded]], spec: TaskSpec, pad_id: int, bs: int
-) -> tuple[dict[str, float], int]:
-    """Every eval split's metrics, and how many distinct classes the first split predicted."""
+) -> tuple[dict[str, float], int, torch.Tensor]:
+    """Every eval split's metrics, how many distinct classes the first split predicted, and the
+    first split's logits ``[N, C]``."""
     metrics: dict[str, float] = {}
     n_classes = 0
+    first = torch.empty(0)
     for i, (suffix, data) in enumerate(evals.values()):
-        preds = predict(engine, data, spec, pad_id, bs)
+        logits = predict_logits(engine, data, pad_id, bs)
+        preds = predictions_of(logits, spec)
         metrics.update(compute_metrics(spec, preds, data.labels, suffix))
         if i == 0:
             n_classes = 0 if spec.is_regression else len(set(preds))
-    return metrics, n_classes
+            first = logits
+    return metrics, n_classes, first
+
+
+def encode_evals(cfg: FinetuneConfig, tokenizer: Any) -> dict[str, tuple[str, Encoded]]:
+    """Every dev split of the task, tokenised: ``{split: (metric suffix, data)}``."""
+    return {
+        split: (
+            suffix,
+            encode(
+                tokenizer,
+                load_split(cfg.spec, split, glue_dir=cfg.glue_dir, source=cfg.data_source),
+                cfg.max_length,
+                cfg.max_eval_examples,
+            ),
+        )
+        for split, suffix in cfg.spec.eval_splits
+    }
+
+
+def few_shot(split: GlueSplit, cfg: FinetuneConfig) -> GlueSplit:
+    """The stratified ``train_samples`` sample of ``split`` (unchanged when not few-shot)."""
+    if cfg.train_samples is None:
+        return split
+    from skipxl.glue.sampling import stratified_indices
+
+    keep = stratified_indices(
+        split.labels, cfg.train_samples, cfg.resolved_sample_seed, cfg.spec.is_regression
+    )
+    return GlueSplit(
+        split.task, split.split, tuple(split.examples[i] for i in keep), split.skipped, split.source
+    )
+
+
+def build_model(cfg: FinetuneConfig) -> torch.nn.Module:
+    """Backbone + classifier head (seeded by ``init_seed``), then the method's modules and freezing."""
+    from skipxl.glue.model import load_classifier
+
+    model = load_classifier(
+        cfg.model,
+        num_labels=cfg.spec.num_labels,
+        init_seed=cfg.init_seed,
+        cross_head=cfg.cross_head,
+        cross_head_seed=cfg.init_seed + CROSS_HEAD_SEED_OFFSET,
+        attn_base=cfg.attn_implementation,
+        dropout=cfg.dropout,
+    )
+    return apply_method(model, cfg.method, cfg.method_settings)
+
+
+def build_optimizer(model: torch.nn.Module, cfg: FinetuneConfig) -> torch.optim.Optimizer:
+    """AdamW over the parameters that require gradients (for a method: only its trained set)."""
+    return torch.optim.AdamW(param_groups(model, cfg.weight_decay), lr=cfg.lr, eps=cfg.adam_eps)
+
+
+def method_loss(model: torch.nn.Module) -> torch.Tensor | None:
+    """The method's extra training loss of the latest forward (SPARTAN's load balancing), if any."""
+    from skipxl.glue.spartan import spartan_aux_loss
+
+    return spartan_aux_loss(model)
+
+
+def run_label(method: str, variant: str) -> str:
+    """Folder / report name of a (method, variant) pair: ``baseline`` and ``cross_head`` for full
+    fine-tuning (the names of earlier sweeps), else ``spartan``, ``lora+cross_head``, ..."""
+    if method == "full":
+        return variant
+    return method if variant == "baseline" else f"{method}+{variant}"
+
+
+def run_cost(
+    cfg: FinetuneConfig,
+    model: torch.nn.Module,
+    run_dir: Path,
+    evals: dict[str, tuple[str, Encoded]],
+    pad_id: int,
+    *,
+    main: bool,
+    world_size: int,
+    zero_stage: int,
+) -> dict[str, Any]:
+    """Parameters, bytes stored per task (saving the method's file), inference throughput."""
+    from skipxl.glue.cost import measure_inference
+    from skipxl.glue.method_io import METHOD_DIR, save_method, tensor_bytes, trained_tensors
+    from skipxl.glue.methods import count_total, count_trainable
+
+    cost: dict[str, Any] = {"trainable_params": count_trainable(model), "total_params": count_total(model)}
+    with _gathered(model, zero_stage == 3):
+        if cfg.method == "full":
+            cost["bytes_per_task"] = sum(p.numel() * p.element_size() for p in model.parameters())
+        elif cfg.save_method and main:
+            cost["bytes_per_task"] = save_method(model, cfg, run_dir / METHOD_DIR)["file_bytes"]
+        else:
+            cost["bytes_per_task"] = tensor_bytes(trained_tensors(model))
+        if cfg.measure_inference and main and world_size == 1:
+            cost["infer"] = measure_inference(model, next(iter(evals.values()))[1], pad_id)
+    return cost
+
+
+def _gathered(model: torch.nn.Module, gather: bool):
+    """ZeRO-3 partitions parameters: gather them for saving/measuring; otherwise a no-op."""
+    import contextlib
+
+    if not gather:
+        return contextlib.nullcontext()
+    import deepspeed
+
+    return deepspeed.zero.GatheredParameters(list(model.parameters()), modifier_rank=None)
 
 
 #: Where ``--save_model`` writes the fine-tuned model and its tokenizer inside a run folder.
@@ -269,26 +451,18 @@ def finetune(cfg: FinetuneConfig, run_dir: str | Path) -> dict[str, Any]:
     t_start = time.time()
     ensure_accelerator_env()
     world = ensure_launch_env()
-    from skipxl.glue.model import load_classifier, load_tokenizer
+    from skipxl.glue.model import load_tokenizer
+    from skipxl.profiling.peak import PeakTracker
 
+    peak = PeakTracker("cpu")
+    peak.reset()
     run_dir = Path(run_dir)
     spec = cfg.spec
     tokenizer = load_tokenizer(cfg.model)
     pad_id = int(tokenizer.pad_token_id or 0)
-    train_split = load_split(spec, "train", glue_dir=cfg.glue_dir, source=cfg.data_source)
+    train_split = few_shot(load_split(spec, "train", glue_dir=cfg.glue_dir, source=cfg.data_source), cfg)
     train = encode(tokenizer, train_split, cfg.max_length, cfg.max_train_examples)
-    evals = {
-        split: (
-            suffix,
-            encode(
-                tokenizer,
-                load_split(spec, split, glue_dir=cfg.glue_dir, source=cfg.data_source),
-                cfg.max_length,
-                cfg.max_eval_examples,
-            ),
-        )
-        for split, suffix in spec.eval_splits
-    }
+    evals = encode_evals(cfg, tokenizer)
 
     micro, accum = resolve_batch(cfg.batch_size, cfg.micro_batch, cfg.grad_accum, world.world_size)
     ds_name = resolve_ds_name(cfg.ds_config)
@@ -311,16 +485,8 @@ def finetune(cfg: FinetuneConfig, run_dir: str | Path) -> dict[str, Any]:
     warmup_steps = math.ceil(cfg.warmup_ratio * total_steps)
 
     seed_everything(cfg.init_seed)
-    model = load_classifier(
-        cfg.model,
-        num_labels=spec.num_labels,
-        init_seed=cfg.init_seed,
-        cross_head=cfg.cross_head,
-        cross_head_seed=cfg.init_seed + CROSS_HEAD_SEED_OFFSET,
-        attn_base=cfg.attn_implementation,
-        dropout=cfg.dropout,
-    )
-    optimizer = torch.optim.AdamW(param_groups(model, cfg.weight_decay), lr=cfg.lr, eps=cfg.adam_eps)
+    model = build_model(cfg)
+    optimizer = build_optimizer(model, cfg)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, linear_warmup_decay(warmup_steps, total_steps))
     engine = build_engine(model, optimizer, ds_cfg, scheduler)
     torch.manual_seed(cfg.init_seed)  # the dropout stream starts from the init seed, whatever ran before
@@ -336,7 +502,9 @@ def finetune(cfg: FinetuneConfig, run_dir: str | Path) -> dict[str, Any]:
                     "init_seed": cfg.init_seed,
                     "data_seed": cfg.data_seed,
                     "cross_head_seed": cfg.init_seed + CROSS_HEAD_SEED_OFFSET if cfg.cross_head else None,
+                    "sample_seed": cfg.resolved_sample_seed if cfg.train_samples is not None else None,
                 },
+                method=cfg.method,
                 world_size=world.world_size,
                 micro_batch=micro,
                 grad_accum=accum,
@@ -363,6 +531,9 @@ def finetune(cfg: FinetuneConfig, run_dir: str | Path) -> dict[str, Any]:
     t_train = time.time()
     metrics: dict[str, float] = {}
     n_pred_classes = 0
+    dev_logits = torch.empty(0)
+    train_tokens, step_time = 0, 0.0
+    spartan_state = getattr(model, "spartan_state", None)
     engine.train()
     bar = progress_bar(total_steps, f"{spec.name} {cfg.variant} seed {cfg.init_seed}", "step", main)
     for epoch in range(cfg.epochs):
@@ -372,12 +543,15 @@ def finetune(cfg: FinetuneConfig, run_dir: str | Path) -> dict[str, Any]:
             # rank r, micro step a: a fixed slice of the global batch
             slices = [chunk[(a * world.world_size + world.rank) * micro :][:micro] for a in range(accum)]
             # DeepSpeed steps optimizer + LambdaLR at the accumulation boundary
+            t_step = time.perf_counter()
             losses = optimizer_step(
                 engine, slices, functools.partial(micro_loss, engine, train, pad_id, spec)
             )
             step_loss = 0.0
             for loss in losses:
                 step_loss += float(loss) / accum
+            step_time += time.perf_counter() - t_step
+            train_tokens += sum(len(train.input_ids[i]) for sl in slices for i in sl)
             if world.world_size > 1:
                 t = all_reduce(torch.tensor([step_loss], device=collective_device(engine.device)))
                 step_loss = float(t) / world.world_size
@@ -401,17 +575,50 @@ def finetune(cfg: FinetuneConfig, run_dir: str | Path) -> dict[str, Any]:
                 break
         last = step >= total_steps
         if cfg.eval_each_epoch or last:
-            metrics, n_pred_classes = evaluate(engine, evals, spec, pad_id, cfg.eval_batch_size)
+            if spartan_state is not None:  # parent usage of the final evaluation only
+                spartan_state.recording = last
+            metrics, n_pred_classes, dev_logits = evaluate(engine, evals, spec, pad_id, cfg.eval_batch_size)
+            if spartan_state is not None:
+                spartan_state.recording = False
             logger.log(step, "dev", metrics, epoch=epoch, elapsed_s=round(time.time() - t_train, 2))
         if last:
             break
     train_time = time.time() - t_train
     bar.close()
     logger.close()
+    cost = run_cost(
+        cfg,
+        model,
+        run_dir,
+        evals,
+        pad_id,
+        main=main,
+        world_size=world.world_size,
+        zero_stage=zero_stage_of(ds_cfg),
+    )
+    cost.update(
+        train_time_s=round(train_time, 2),
+        train_tokens=train_tokens * world.world_size,
+        train_step_time_s=round(step_time, 3),
+        train_tokens_per_s=train_tokens * world.world_size / max(step_time, 1e-9),
+        peak_rss_mib=peak.read().peak_bytes / 2**20,
+    )
+    if main:
+        first_split = next(iter(evals))
+        save_json(
+            {"split": first_split, "logits": dev_logits.tolist(), "preds": predictions_of(dev_logits, spec)},
+            run_dir / "predictions.json",
+        )
+        if spartan_state is not None:
+            from skipxl.glue.parents import usage_record, write_usage
+
+            write_usage(run_dir, usage_record(spartan_state, cfg.spartan_topk))
 
     result = {
         "task": spec.name,
         "variant": cfg.variant,
+        "method": cfg.method,
+        "label": run_label(cfg.method, cfg.variant),
         "init_seed": cfg.init_seed,
         "data_seed": cfg.data_seed,
         "model": cfg.model,
@@ -427,6 +634,9 @@ def finetune(cfg: FinetuneConfig, run_dir: str | Path) -> dict[str, Any]:
         "wall_time_s": round(time.time() - t_start, 2),
         "world_size": world.world_size,
         "precision": precision_of(ds_cfg),
+        "train_examples": len(train),
+        "sample_seed": cfg.resolved_sample_seed if cfg.train_samples is not None else None,
+        "cost": cost,
     }
     if main and cfg.save_model:
         save_pretrained(engine.module, tokenizer, run_dir / MODEL_DIR, cfg.attn_implementation)

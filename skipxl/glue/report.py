@@ -15,6 +15,11 @@ crashed or diverged (``failed.json``) are counted and excluded from the statisti
 "degenerate" runs (a single predicted class on dev, the usual failure of small-data
 fine-tuning) are counted and kept.
 
+Runs of other fine-tuning methods (``--methods spartan,adapter_houlsby,lora``) are variants
+named after the method (``baseline`` = full fine-tuning); their cost -- trainable parameters,
+bytes stored per task, training tokens/s, inference throughput at batch 1 and 32, peak memory --
+gets its own table (:mod:`skipxl.glue.cost`).
+
 Outputs in the report folder: ``glue_report.md``, ``glue_report.csv``, ``glue_report.png``
 (per-seed scores: box + jittered strip per variant, one panel per task). Everything is
 deterministic for a given sweep folder (the bootstrap uses a fixed seed).
@@ -33,6 +38,7 @@ from typing import Any
 import numpy as np
 
 from skipxl.errors import SkipxlError
+from skipxl.glue.cost import COST_CSV_FIELDS, cost_means, cost_table
 from skipxl.glue.runlog import FAILED_FILE, RESULT_FILE, config_diff
 from skipxl.glue.tasks import TASKS, get_task
 
@@ -54,6 +60,8 @@ class RunRecord:
     wall_time_s: float | None = None
     path: str = ""
     config: dict[str, Any] = field(default_factory=dict)
+    method: str = "full"
+    cost: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass
@@ -131,7 +139,7 @@ def collect_runs(sweep_dir: str | Path) -> list[RunRecord]:
         records.append(
             RunRecord(
                 task=str(payload.get("task", path.parents[2].name)),
-                variant=str(payload.get("variant", path.parents[1].name)),
+                variant=str(payload.get("label", payload.get("variant", path.parents[1].name))),
                 seed=_seed_from(path, payload),
                 metrics={}
                 if failed
@@ -143,6 +151,8 @@ def collect_runs(sweep_dir: str | Path) -> list[RunRecord]:
                 wall_time_s=payload.get("wall_time_s"),
                 path=str(path.parent.relative_to(root)),
                 config=_read_config(path.parent / "config.json"),
+                method=str(payload.get("method", "full")),
+                cost=dict(payload.get("cost") or {}),
             )
         )
     if not records:
@@ -152,6 +162,14 @@ def collect_runs(sweep_dir: str | Path) -> list[RunRecord]:
 
 #: Config fields that legitimately differ between the runs of one task's comparison.
 PER_RUN_FIELDS = frozenset({"variant", "init_seed", "data_seed"})
+#: Fields that legitimately differ between methods of one task (each method keeps its own recipe),
+#: besides every method option (``spartan_*``, ``adapter_*``, ``lora_*``).
+METHOD_FIELDS = frozenset({"method", "lr", "batch_size", "save_method", "measure_inference"})
+METHOD_OPTION_PREFIXES = ("spartan_", "adapter_", "lora_")
+
+
+def _method_fields(a: dict[str, Any], b: dict[str, Any]) -> frozenset[str]:
+    return METHOD_FIELDS | {k for k in set(a) | set(b) if k.startswith(METHOD_OPTION_PREFIXES)}
 
 
 def _read_config(path: Path) -> dict[str, Any]:
@@ -166,15 +184,29 @@ def _read_config(path: Path) -> dict[str, Any]:
 
 def check_comparable(records: list[RunRecord]) -> None:
     """Refuse to pool runs of one task trained with different settings (e.g. two sweeps in one
-    parent folder): their spread would mix seeds with recipes. Runs without config.json pass."""
+    parent folder): their spread would mix seeds with recipes. Runs of one method must agree on
+    everything but variant and seeds; different methods may differ only in their own options,
+    lr and batch size. Runs without config.json pass."""
+    from skipxl.glue.sweep import with_defaults
+
     by_task: dict[str, list[RunRecord]] = {}
     for r in records:
         if r.config:
             by_task.setdefault(r.task, []).append(r)
     for task, runs in by_task.items():
-        ref = runs[0]
-        for r in runs[1:]:
-            diff = config_diff(ref.config, r.config, PER_RUN_FIELDS)
+        first: dict[str, RunRecord] = {}
+        for r in runs:
+            first.setdefault(str(r.config.get("method", "full")), r)
+        anchor = next(iter(first.values()))
+        for r in runs:
+            same_method = first[str(r.config.get("method", "full"))]
+            new = with_defaults(r.config)
+            diff = config_diff(with_defaults(same_method.config), new, PER_RUN_FIELDS)
+            ref = same_method
+            if not diff:
+                old = with_defaults(anchor.config)
+                diff = config_diff(old, new, PER_RUN_FIELDS | _method_fields(old, new))
+                ref = anchor
             if diff:
                 shown = ", ".join(f"{k}: {ref.config.get(k)!r} vs {r.config.get(k)!r}" for k in diff[:3])
                 raise SkipxlError(
@@ -398,10 +430,11 @@ CSV_FIELDS = (
     "wall_time_s",
     "seeds",
     "scores",
+    *COST_CSV_FIELDS,
 )
 
 
-def render_csv(groups: list[GroupStats]) -> str:
+def render_csv(groups: list[GroupStats], records: list[RunRecord] | None = None) -> str:
     """Machine-readable version of the tables (raw scores in [0, 1], not x100)."""
     buf = io.StringIO()
     writer = csv.writer(buf, lineterminator="\n")
@@ -427,6 +460,10 @@ def render_csv(groups: list[GroupStats]) -> str:
                 "" if g.wall_time_s is None else f"{g.wall_time_s:.2f}",
                 ";".join(str(s) for s in g.seeds),
                 ";".join(f"{s:.6f}" for s in g.scores),
+                *(
+                    "" if v is None else f"{v:.6g}"
+                    for v in cost_means(records or [], g.task, g.variant).values()
+                ),
             ]
         )
     return buf.getvalue()
@@ -482,10 +519,10 @@ def glue_report(
     groups = summarise(records, baseline=baseline, metric=metric, n_boot=n_boot, ci=ci, seed=seed)
     out = Path(out_dir) if out_dir is not None else Path(sweep_dir)
     out.mkdir(parents=True, exist_ok=True)
-    markdown = render_markdown(groups, baseline=baseline, ci=ci, n_boot=n_boot)
+    markdown = render_markdown(groups, baseline=baseline, ci=ci, n_boot=n_boot) + cost_table(records)
     md_path, csv_path = out / f"{REPORT_STEM}.md", out / f"{REPORT_STEM}.csv"
     md_path.write_text(markdown)
-    csv_path.write_text(render_csv(groups))
+    csv_path.write_text(render_csv(groups, records))
     plot_path = render_plot(groups, out / f"{REPORT_STEM}.png") if plot else None
     return GlueReport(
         groups=groups,

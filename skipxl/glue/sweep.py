@@ -1,14 +1,21 @@
-"""Seed sweeps: every (task, variant, seed) fine-tuned into its own run folder, resumably.
+"""Seed sweeps: every (task, method, variant, seed) fine-tuned into its own run folder, resumably.
 
-Layout: ``<out>/<task>/<variant>/seed_<s>/`` (see :mod:`skipxl.glue.runlog` for the files).
+Layout: ``<out>/<task>/<label>/seed_<s>/`` where ``label`` is the variant for full fine-tuning
+(``baseline``, ``cross_head``) and the method otherwise (``spartan``, ``lora+cross_head``, ...;
+:func:`~skipxl.glue.finetune.run_label`) (see :mod:`skipxl.glue.runlog` for the files).
 Resuming is the default: a run whose folder holds ``result.json`` (or ``failed.json``) is
 skipped -- after checking that it was trained with the same configuration -- and a folder
 without a marker (a killed run) is wiped and trained again from scratch. Runs are ordered
-seed-major (seed 0: every task and variant, then seed 1 ...) so that a sweep stopped early
+seed-major (seed 0: every task, method and variant, then seed 1 ...) so that a sweep stopped early
 still compares every variant on every task over the same seeds.
 
 Seeds: seed ``s`` gives ``init_seed = s`` and ``data_seed = s`` (separate streams), or a fixed
 ``data_seed`` for every run when one is given, to vary the initialisation alone.
+
+Learning rate and batch size: given ones apply to every method; otherwise each method gets its
+recommended values (:data:`skipxl.glue.methods.METHOD_DEFAULTS`: lr 2e-5 / batch 32 for full
+fine-tuning, the released SPARTAN settings lr 1e-3 / batch 16 for SPARTAN and the adapters,
+lr 5e-4 / batch 16 for LoRA).
 """
 
 from __future__ import annotations
@@ -24,7 +31,8 @@ from typing import Any
 
 from skipxl.config_io import save_json, to_dict
 from skipxl.errors import SkipxlError, require
-from skipxl.glue.finetune import VARIANTS, FinetuneConfig, finetune
+from skipxl.glue.finetune import VARIANTS, FinetuneConfig, finetune, run_label
+from skipxl.glue.methods import METHOD_DEFAULTS, METHOD_NAMES
 from skipxl.glue.runlog import FAILED_FILE, config_diff, git_info, is_finished, reset_run_dir, write_marker
 from skipxl.glue.tasks import parse_tasks, resolve_glue_dir, task_file
 
@@ -68,6 +76,16 @@ def parse_seeds(spec: Any) -> tuple[int, ...]:
     return tuple(seeds)
 
 
+def parse_methods(spec: Any) -> tuple[str, ...]:
+    """``"full,spartan,lora"`` (or a list) -> validated method names."""
+    names = [s.strip() for s in spec.split(",")] if isinstance(spec, str) else [str(s).strip() for s in spec]
+    names = [n for n in names if n]
+    for name in names:
+        require(name in METHOD_NAMES, f"method {name!r} is unknown; choose from {METHOD_NAMES}")
+    require(bool(names), f"no method given; pass e.g. --methods {','.join(METHOD_NAMES)}")
+    return tuple(dict.fromkeys(names))
+
+
 def parse_variants(spec: Any) -> tuple[str, ...]:
     """``"baseline,cross_head"`` (or a list) -> validated variant names."""
     names = [s.strip() for s in spec.split(",")] if isinstance(spec, str) else [str(s).strip() for s in spec]
@@ -80,18 +98,31 @@ def parse_variants(spec: Any) -> tuple[str, ...]:
 
 @dataclass(frozen=True)
 class SweepConfig:
-    """A seed sweep over tasks x variants x seeds, all sharing ``base``'s recipe."""
+    """A seed sweep over tasks x methods x variants x seeds, all sharing ``base``'s recipe.
+
+    ``lr`` / ``batch_size`` (when given) replace ``base``'s for every method; when ``None`` each
+    method gets :data:`~skipxl.glue.methods.METHOD_DEFAULTS`.
+    """
 
     tasks: tuple[str, ...] = ("mrpc",)
+    methods: tuple[str, ...] = ("full",)
     variants: tuple[str, ...] = VARIANTS
     seeds: tuple[int, ...] = (0, 1, 2, 3, 4)
     out: str = "runs/glue"
     base: FinetuneConfig = field(default_factory=FinetuneConfig)
     data_seed: int | None = None
     retry_failed: bool = False
+    lr: float | None = None
+    batch_size: int | None = None
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "tasks", tuple(t.name for t in parse_tasks(list(self.tasks))))
+        object.__setattr__(self, "methods", parse_methods(list(self.methods)))
+        require(self.lr is None or self.lr > 0, f"lr must be positive, got {self.lr}")
+        require(
+            self.batch_size is None or self.batch_size > 0,
+            f"batch_size must be positive, got {self.batch_size}",
+        )
         object.__setattr__(self, "variants", parse_variants(list(self.variants)))
         object.__setattr__(self, "seeds", parse_seeds(list(self.seeds)))
         require(self.data_seed is None or self.data_seed >= 0, "data_seed must be a non-negative integer")
@@ -104,30 +135,50 @@ class PlannedRun:
     seed: int
     run_dir: Path
     cfg: FinetuneConfig
+    method: str = "full"
+
+    @property
+    def label(self) -> str:
+        return run_label(self.method, self.variant)
 
 
 def run_dir_for(out: str | Path, task: str, variant: str, seed: int) -> Path:
-    """``<out>/<task>/<variant>/seed_<seed>``."""
+    """``<out>/<task>/<variant>/seed_<seed>`` (``variant`` is the run label)."""
     return Path(out) / task / variant / f"seed_{seed}"
 
 
 def plan_runs(cfg: SweepConfig) -> list[PlannedRun]:
-    """Every run of the sweep: seed-major, then task, then variant."""
+    """Every run of the sweep: seed-major, then task, then method, then variant."""
     runs = []
     for seed in cfg.seeds:
         for task in cfg.tasks:
-            for variant in cfg.variants:
-                run_cfg = replace(
-                    cfg.base,
-                    task=task,
-                    variant=variant,
-                    init_seed=seed,
-                    data_seed=seed if cfg.data_seed is None else cfg.data_seed,
-                )
-                runs.append(
-                    PlannedRun(task, variant, seed, run_dir_for(cfg.out, task, variant, seed), run_cfg)
-                )
+            for method in cfg.methods:
+                preset = METHOD_DEFAULTS[method]
+                for variant in cfg.variants:
+                    run_cfg = replace(
+                        cfg.base,
+                        task=task,
+                        method=method,
+                        variant=variant,
+                        init_seed=seed,
+                        data_seed=seed if cfg.data_seed is None else cfg.data_seed,
+                        lr=preset["lr"] if cfg.lr is None else cfg.lr,
+                        batch_size=preset["batch_size"] if cfg.batch_size is None else cfg.batch_size,
+                    )
+                    label = run_label(method, variant)
+                    runs.append(
+                        PlannedRun(
+                            task, variant, seed, run_dir_for(cfg.out, task, label, seed), run_cfg, method
+                        )
+                    )
     return runs
+
+
+def with_defaults(old: dict[str, Any]) -> dict[str, Any]:
+    """A stored run config with fields added since it was written filled with their defaults, so
+    folders from before a new option existed still resume (and pool in the report)."""
+    defaults = to_dict(FinetuneConfig())
+    return {**{k: v for k, v in defaults.items() if k not in old}, **old}
 
 
 def _check_same_config(run: PlannedRun) -> None:
@@ -138,9 +189,7 @@ def _check_same_config(run: PlannedRun) -> None:
         old = json.loads(path.read_text())
     except json.JSONDecodeError:
         return
-    old = {RENAMED_FLAGS.get(k, k): v for k, v in old.items()}
-    defaults = to_dict(FinetuneConfig())
-    old = {**{k: v for k, v in defaults.items() if k not in old}, **old}  # fields added since
+    old = with_defaults({RENAMED_FLAGS.get(k, k): v for k, v in old.items()})
     diff = config_diff(old, to_dict(run.cfg), ignore=frozenset({"save_model"}))
     if diff:
         raise SkipxlError(
@@ -196,7 +245,7 @@ def run_sweep(
         else:
             pending.append(run)
     for i, run in enumerate(runs, start=1):
-        tag = f"[{i}/{len(runs)}] {run.task} {run.variant} seed {run.seed}"
+        tag = f"[{i}/{len(runs)}] {run.task} {run.label} seed {run.seed}"
         if run not in pending:
             say(f"{tag}: finished earlier, skipped")
             continue
@@ -215,6 +264,8 @@ def run_sweep(
                     {
                         "task": run.task,
                         "variant": run.variant,
+                        "method": run.method,
+                        "label": run.label,
                         "init_seed": run.cfg.init_seed,
                         "data_seed": run.cfg.data_seed,
                         "error": f"{type(exc).__name__}: {exc}",
@@ -242,7 +293,17 @@ PER_RUN_FIELDS = ("task", "variant", "init_seed", "data_seed")
 #: Old flag spellings -> the FinetuneConfig field that replaced them.
 RENAMED_FLAGS = {"attn_base": "attn_implementation"}
 #: The sweep's own options (every other flag is a FinetuneConfig field).
-SWEEP_OPTIONS = ("task", "variants", "seeds", "out", "data_seed", "retry_failed", "report", "dry_run")
+SWEEP_OPTIONS = (
+    "task",
+    "methods",
+    "variants",
+    "seeds",
+    "out",
+    "data_seed",
+    "retry_failed",
+    "report",
+    "dry_run",
+)
 
 
 def finetune_fields(flags: dict[str, Any]) -> tuple[dict[str, Any], set[str]]:
@@ -303,6 +364,7 @@ def glue_help(prog: str = "glue.py") -> str:
 
 def resolve_sweep(
     task: Any = "mrpc",
+    methods: Any = "full",
     variants: Any = "baseline,cross_head",
     seeds: Any = "0-4",
     out: str = "runs/glue",
@@ -371,14 +433,19 @@ def resolve_sweep(
         grad_accum=merged["grad_accum"],
         grad_clip=merged["clip"],
     )
+    # lr / batch size: the user's (flag or DeepSpeed JSON) for every method, else each method's own
+    json_batch = merged["global_batch"] != current["global_batch"]
     cfg = SweepConfig(
         tasks=tuple(s.name for s in specs),
+        methods=parse_methods(methods),
         variants=parse_variants(variants),
         seeds=parse_seeds(seeds),
         out=coerce("out", out, str),
         base=base,
         data_seed=coerce("data_seed", data_seed, int | None),
         retry_failed=coerce("retry_failed", retry_failed, bool),
+        lr=base.lr if "lr" in explicit else None,
+        batch_size=base.batch_size if "batch_size" in explicit or json_batch else None,
     )
     world = int(os.environ.get("WORLD_SIZE", "1"))
     train_view = _TrainView(base.batch_size, base.micro_batch, base.grad_accum, ds_path, base.grad_clip)
@@ -404,6 +471,7 @@ class _TrainView:
 
 def main(
     task: Any = "mrpc",
+    methods: Any = "full",
     variants: Any = "baseline,cross_head",
     seeds: Any = "0-4",
     out: str = "runs/glue",
@@ -417,6 +485,9 @@ def main(
     """Seed sweep, then report (rank 0); the body of ``recipes/glue.py``.
 
     ``deepspeed recipes/glue.py --task mrpc --variants baseline,cross_head --seeds 0-9 --model NAME``
+    ``python recipes/glue.py --task mrpc,rte --methods full,spartan,adapter_houlsby,lora --variants baseline``
+
+    ``lr`` / ``batch_size`` default to each method's recommended values (METHOD_DEFAULTS).
 
     Every :class:`~skipxl.glue.finetune.FinetuneConfig` field is a flag (``--lr``,
     ``--batch_size``, ``--attn_implementation``, ``--save_model``, ...); all of them are
@@ -428,7 +499,7 @@ def main(
 
     del local_rank
     cfg, ds, micro, accum = resolve_sweep(
-        task, variants, seeds, out, data_seed=data_seed, retry_failed=retry_failed, **flags
+        task, methods, variants, seeds, out, data_seed=data_seed, retry_failed=retry_failed, **flags
     )
     if coerce("dry_run", dry_run, bool):
         runs = plan_runs(cfg)
@@ -448,6 +519,16 @@ def main(
             rep = glue_report(cfg.out)
             print(rep.markdown, flush=True)
             print(f"report: {rep.markdown_path} {rep.csv_path} {rep.plot_path or ''}", flush=True)
+            if "spartan" in cfg.methods:
+                from skipxl.glue.parents import parent_report
+
+                md, png = parent_report(cfg.out)
+                print(f"parent usage: {md} {png}", flush=True)
+            if "spartan" in cfg.methods:
+                from skipxl.glue.parents import parent_report
+
+                md, png = parent_report(out)
+                print(f"parent usage: {md} {png}", flush=True)
 
 
 if __name__ == "__main__":  # pragma: no cover
