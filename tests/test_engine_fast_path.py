@@ -4,7 +4,7 @@
 from __future__ import annotations
 
 import pytest
-from engine_helpers import one_thread, restore_launch_env, tiny_config  # noqa: F401 (autouse fixtures)
+from engine_helpers import tiny_config
 
 from skipxl.engine.train import train
 

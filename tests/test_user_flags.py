@@ -9,7 +9,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from engine_helpers import REPO, clean_env, restore_launch_env  # noqa: F401 (autouse fixture)
+from engine_helpers import REPO, clean_env
 
 from skipxl.cli import main
 from skipxl.config_io import dumps, save_json
