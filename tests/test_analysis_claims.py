@@ -7,7 +7,15 @@ import math
 
 import pytest
 
-from skipxl.analysis.claims import FAILS, HOLDS, UNKNOWN, claims_report, paired_bootstrap, verdict_lower
+from skipxl.analysis.claims import (
+    FAILS,
+    HOLDS,
+    NOT_MEASURED,
+    UNKNOWN,
+    claims_report,
+    paired_bootstrap,
+    verdict_lower,
+)
 from skipxl.errors import SkipxlError
 
 BASE_PPL = {0: 100.0, 1: 104.0, 2: 98.0, 3: 101.0}
@@ -67,7 +75,7 @@ def test_report_files_and_rows(tmp_path):
     mem = next(c for c in claims if c.claim.startswith("no extra memory (skip_retain"))
     assert mem.verdict == FAILS and mem.point == pytest.approx(0.5)  # 50% more peak memory
     cross = next(c for c in claims if c.claim.startswith("cross-head"))
-    assert cross.verdict == UNKNOWN and cross.measurement == "no runs given"
+    assert cross.verdict == NOT_MEASURED and cross.measurement == "no runs given"
     assert "budget:" in text
 
 

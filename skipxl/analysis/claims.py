@@ -38,6 +38,7 @@ from skipxl.errors import SkipxlError
 from skipxl.glue.runlog import config_diff
 
 HOLDS, FAILS, UNKNOWN = "holds", "does not hold", "cannot tell at this power"
+NOT_MEASURED = "not measured"
 MEMORY_TOLERANCE = 0.01  # "no extra memory": within +1% of the baseline's peak
 SMALLER = 0.9  # a model with under 90% of the baseline's parameters is "fewer parameters"
 #: Config fields (flattened) that differ between the seeds of one variant.
@@ -217,10 +218,10 @@ def lm_claims(
         claim: str, paper: str, runs: list[dict] | None, key: Any, margin: float = 0.0, extra: str = ""
     ) -> Claim:
         if not base or not runs:
-            return Claim(claim, "no runs given", "n/a", paper, UNKNOWN, 0, command)
+            return Claim(claim, "no runs given", "n/a", paper, NOT_MEASURED, 0, command)
         diffs = _paired(base, runs, key)
         if not diffs:
-            return Claim(claim, "no seed shared with the baseline", "n/a", paper, UNKNOWN, 0, command)
+            return Claim(claim, "no seed shared with the baseline", "n/a", paper, NOT_MEASURED, 0, command)
         point, interval = paired_bootstrap(diffs, n_boot=n_boot, ci=ci)
         lo, hi = (None, None) if interval is None else interval
         text = f"{_pct(point)} vs baseline over {len(diffs)} paired seed(s){extra}"
