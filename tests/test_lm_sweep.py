@@ -14,8 +14,16 @@ from skipxl.errors import SkipxlError
 class FakeProc:
     def __init__(self, rc):
         self.returncode = rc
+        self.terminated = False
 
     def poll(self):
+        return self.returncode
+
+    def terminate(self):
+        self.terminated = True
+        self.returncode = -15
+
+    def wait(self):
         return self.returncode
 
 
@@ -79,3 +87,18 @@ def test_sweep_refuses_other_settings_and_reports_failures(tmp_path):
 def test_dry_run_plans_without_writing(tmp_path):
     res = run_lm_sweep(LMSweepConfig(out=str(tmp_path / "s"), seeds=(0,)), dry_run=True)
     assert len(res["planned"]) == 4 and not (tmp_path / "s").exists()
+
+
+def test_interrupted_sweep_terminates_its_running_trainers(tmp_path):
+    procs = []
+
+    def launch(argv, log, env):
+        procs.append(FakeProc(None))  # still running
+        if len(procs) == 2:
+            raise KeyboardInterrupt  # the sweep is stopped while the first run trains
+        return procs[-1]
+
+    cfg = LMSweepConfig(out=str(tmp_path), variants=("baseline",), seeds=(0, 1))
+    with pytest.raises(KeyboardInterrupt):
+        run_lm_sweep(cfg, jobs=2, launch=launch)
+    assert procs[0].terminated

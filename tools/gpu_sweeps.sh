@@ -66,7 +66,7 @@ for (( w = 0; w < JOBS && w < n; w++ )); do
   (( hi < lo )) && continue
   OMP_NUM_THREADS=$THREADS timeout "$PHASE_TIMEOUT" $PY recipes/glue.py --task mrpc,rte,stsb \
     --variants baseline,cross_head --seeds "$lo-$hi" --model "$GLUE_MODEL" --out "$OUT/glue/w$w" \
-    --report false "${GLUE_FLAGS[@]}" "${GLUE_EXTRA[@]}" > "$OUT/glue_worker_$w.log" 2>&1 &
+    --report=False "${GLUE_FLAGS[@]}" "${GLUE_EXTRA[@]}" > "$OUT/glue_worker_$w.log" 2>&1 &
   pids+=($!)
 done
 for p in "${pids[@]}"; do wait "$p" || stamp "a GLUE worker stopped early (see $OUT/glue_worker_*.log); rerun to resume"; done

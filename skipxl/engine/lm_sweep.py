@@ -26,6 +26,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -88,7 +89,7 @@ def train_argv(cfg: LMSweepConfig, variant: str, seed: int, state: str) -> list[
         "train",
         f"--recipe={cfg.recipe}",
         f"--out={run}",
-        "--progress=false",
+        "--progress=False",
     ]
     if state == "resume":
         return [*argv, "--resume"]
@@ -181,14 +182,21 @@ def run_lm_sweep(
             elif not block:
                 break
 
-    for run, state, argv in queue:
-        while len(running) >= jobs:
-            reap(block=False)
-            time.sleep(0.5)
-        if state == "fresh" and run.exists():
-            shutil.rmtree(run)  # crashed before its first checkpoint: nothing to resume
-        running.append((run, state, launch(argv, run.parent / f"{run.name}.log", env)))
-    reap(block=True)
+    try:
+        for run, state, argv in queue:
+            while len(running) >= jobs:
+                reap(block=False)
+                time.sleep(0.5)
+            if state == "fresh" and run.exists():
+                shutil.rmtree(run)  # crashed before its first checkpoint: nothing to resume
+            running.append((run, state, launch(argv, run.parent / f"{run.name}.log", env)))
+        reap(block=True)
+    finally:
+        for _, _, proc in running:  # interrupted: the trainers checkpoint on SIGTERM and stop
+            if proc.poll() is None:
+                proc.terminate()
+        for _, _, proc in running:
+            proc.wait()
     return outcome
 
 
@@ -227,6 +235,10 @@ def main(
     """
     from skipxl.engine.flags import coerce
 
+    def stop(signum: int, _frame: Any) -> None:
+        raise SystemExit(128 + signum)  # runs the sweep's cleanup: children checkpoint and stop
+
+    signal.signal(signal.SIGTERM, stop)
     names = variants if isinstance(variants, (list, tuple)) else str(variants).split(",")
     cfg = LMSweepConfig(
         out=str(out),
