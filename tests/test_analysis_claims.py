@@ -152,3 +152,12 @@ def test_cli_one_error_line(tmp_path, capsys):
     assert main(["claims", str(tmp_path / "missing"), "--out", str(tmp_path)]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("error: ")
+
+
+def test_no_verdict_below_three_seeds(tmp_path):
+    root = tmp_path / "runs"
+    for seed in (0, 1):  # a clear but two-seed improvement
+        make_run(root, "baseline", seed, BASE_PPL[seed])
+        make_run(root, "skip_retain", seed, BASE_PPL[seed] * 0.9)
+    row = skip_row(claims_report([root], out=tmp_path / "out", n_boot=500)[0])
+    assert row.ci_high < 0 and row.n == 2 and row.verdict == UNKNOWN

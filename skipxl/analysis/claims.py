@@ -40,6 +40,7 @@ from skipxl.glue.runlog import config_diff
 HOLDS, FAILS, UNKNOWN = "holds", "does not hold", "cannot tell at this power"
 NOT_MEASURED = "not measured"
 MEMORY_TOLERANCE = 0.01  # "no extra memory": within +1% of the baseline's peak
+MIN_SEEDS = 3  # fewer seeds (per side, or paired) give no verdict: a bootstrap over 2 values is degenerate
 SMALLER = 0.9  # a model with under 90% of the baseline's parameters is "fewer parameters"
 #: Config fields (flattened) that differ between the seeds of one variant.
 PER_SEED = frozenset({"out_dir", "train.seed", "model.plan_seed"})
@@ -225,12 +226,13 @@ def lm_claims(
         point, interval = paired_bootstrap(diffs, n_boot=n_boot, ci=ci)
         lo, hi = (None, None) if interval is None else interval
         text = f"{_pct(point)} vs baseline over {len(diffs)} paired seed(s){extra}"
+        verdict = verdict_lower(interval, margin) if len(diffs) >= MIN_SEEDS else UNKNOWN
         return Claim(
             claim,
             text,
             _ci_text(interval),
             paper,
-            verdict_lower(interval, margin),
+            verdict,
             len(diffs),
             command,
             point,
@@ -372,7 +374,7 @@ def glue_claims(records: list[Any], command: str, *, n_boot: int = 10_000, ci: f
                 "" if mci is None else f" [{100 * mci[0]:+.2f}, {100 * mci[1]:+.2f}]"
             )
         p = equal_spread_p(base.scores, g.scores)
-        if g.ci is None:
+        if g.ci is None or min(base.n, g.n) < MIN_SEEDS:
             verdict = UNKNOWN
         elif g.ci[0] > 0:
             verdict = HOLDS
