@@ -226,7 +226,7 @@ def probe_run(
     if len(bins) < 2 or any(a >= b for a, b in itertools.pairwise(bins)):
         raise SkipxlError(f"--bins {bins!r} must be at least two increasing edges")
     ckpt = run_dir / CHECKPOINTS
-    tag = resolve_tag(ckpt, tag)
+    requested, tag = tag, resolve_tag(ckpt, tag)
     model = TransformerXL(cfg.model)
     model.load_state_dict(fp32_state_dict(ckpt, tag))
     dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
@@ -252,7 +252,7 @@ def probe_run(
         "protocol": dc.asdict(protocol),
         "params": summary["params"],
         "peak_bytes": summary["peak_bytes"],
-        "label": f"{summary['variant']} mem{cfg.model.mem_len}" + ("" if tag is None else f" @{tag}"),
+        "label": f"{summary['variant']} mem{cfg.model.mem_len}" + ("" if requested is None else f" @{tag}"),
         "bins": bin_table(scores, answers.distance, bins, len(answers.value_ids)),
     }
     (run_dir / f"probe_{split}.json").write_text(json.dumps(result, indent=2, sort_keys=True) + "\n")
