@@ -44,9 +44,9 @@ else
   GLUE_EXTRA=(--attn_base sdpa)
   # "larger preset": wt2 small widened to d_model 256 / 8 layers (about 4x the compute), 4,000 steps
   LM=(--recipe wt2 --preset small --data_dir "$WT2_DIR" --max_steps "${LM_STEPS:-4000}"
-      --d_model 256 --d_inner 1024 --n_layer 8 --n_head 8 --d_head 32 --mem_len 128 --ds_config auto)
+      --d_model 256 --d_inner 1024 --n_layer 8 --n_head 8 --d_head 32 --mem_len 128 --ds_config zero0_fp32)
   PROBE=(--recipe builtin --preset tiny --max_steps "${PROBE_STEPS:-3000}" --builtin_probe true
-         --builtin_eval_tokens 40000 --ds_config auto)
+         --builtin_eval_tokens 40000 --ds_config zero0_fp32)
   PROBE_MEM=16
   THREADS=2
   CLAIMS_OUT=docs/results
