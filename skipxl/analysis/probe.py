@@ -312,6 +312,7 @@ def recovery_table(
                 "bin_lo": ref["bin_lo"],
                 "bin_hi": ref["bin_hi"],
                 "seeds": len(seeds),
+                "gain_doubled": float(np.mean(loss[baseline] - loss[doubled])),  # the denominator (nats)
                 "recovered": point,
                 "ci_low": None if interval is None else interval[0],
                 "ci_high": None if interval is None else interval[1],
@@ -434,7 +435,8 @@ def main(
     if "recovery" in payload:
         for b in payload["recovery"]["bins"]:
             print(
-                f"recovered [{b['bin_lo']},{b['bin_hi']}): {b['recovered']} "
+                f"recovered [{b['bin_lo']},{b['bin_hi']}): {b['recovered']} of a doubled-memory gain of "
+                f"{b['gain_doubled']:.4f} nats "
                 f"CI ({b['ci_low']}, {b['ci_high']})"
             )
     print(f"wrote {out_dir / 'probe.json'}, {out_dir / 'probe.csv'}, {png}")
