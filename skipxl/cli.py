@@ -11,6 +11,8 @@
     skipxl memory ...                 (skipxl.profiling)
     skipxl tying RUN_DIR [RUN_DIR ...] [--png tying.png]   (Dynamic Layer Tying heat-map)
     skipxl glue-report SWEEP_DIR      (skipxl.glue)
+    skipxl probe RUN_DIR [RUN_DIR ...] | heads RUN_DIR | glue-heads MODEL_DIR | claims DIRS  (analysis)
+    skipxl lm-sweep --out runs/wt2_sweep [--variants ...] [--seeds 0-2]   (skipxl.engine.lm_sweep)
 
 Every user mistake is one line ``error: ...`` on stderr and exit status 2; ``--help``
 works on every command (also where a command takes free-form config flags).
@@ -362,11 +364,23 @@ def _lazy(module: str, attr: str, what: str) -> Any:
 
 _MEMORY_SUMMARY = "Memory accounting of the Transformer-XL variants against the baseline (gate, tables)."
 _GLUE_SUMMARY = "Report of a BERT + cross-head GLUE seed sweep: mean ± std, std reduction with bootstrap CI."
+_ANALYSIS_COMMANDS: dict[str, tuple[str, str, str]] = {
+    "probe": (
+        "skipxl.analysis.probe",
+        "main",
+        "Long-range probe: loss/accuracy per dependency distance bin.",
+    ),
+    "heads": ("skipxl.analysis.heads", "main", "Head diagnostics: attention/output similarity, ablation."),
+    "glue-heads": ("skipxl.analysis.heads", "glue_main", "Head diagnostics of a fine-tuned HF model."),
+    "claims": ("skipxl.analysis.claims", "main", "The paper's claims, answered: docs/results/claims.md."),
+    "lm-sweep": ("skipxl.engine.lm_sweep", "main", "Resumable sweep of LM variants x seeds."),
+}
 #: Commands whose module is imported only when they run: name -> (module, function, summary).
 LAZY_COMMANDS: dict[str, tuple[str, str, str]] = {
     "memory": ("skipxl.engine.memory", "memory", _MEMORY_SUMMARY),
     "glue-report": ("skipxl.glue.report", "main", _GLUE_SUMMARY),
     "glue_report": ("skipxl.glue.report", "main", _GLUE_SUMMARY),
+    **_ANALYSIS_COMMANDS,
 }
 
 

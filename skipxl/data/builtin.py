@@ -222,10 +222,17 @@ def _generate_split(seed: int, split_index: int, n_tokens: int, min_gap: int) ->
 def generate_builtin(cfg: BuiltinConfig) -> tuple[Vocab, dict[str, np.ndarray]]:
     """Generate the built-in corpus. Returns the word vocabulary and [N] int64 id splits.
 
+    With ``cfg.probe`` it is the long-range probe corpus instead (:mod:`skipxl.data.probe`).
+
     Each split has its own random stream (seed, split), so changing ``eval_tokens`` does
     not change train. The vocabulary is the full word table ranked like every word corpus:
     ``<eos>`` first, then by train frequency (ties: first occurrence), ``<unk>`` last.
     """
+    if cfg.probe:
+        from skipxl.data.probe import generate_probe
+
+        vocab, splits, _ = generate_probe(cfg)
+        return vocab, splits
     tb = _tables()
     sizes = {"train": cfg.train_tokens, "valid": cfg.eval_tokens, "test": cfg.eval_tokens}
     raw = {s: _generate_split(cfg.seed, i, sizes[s], cfg.min_gap) for i, s in enumerate(SPLITS)}

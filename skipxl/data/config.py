@@ -19,6 +19,7 @@ reproduction (arXiv 2311.08123) also builds on:
 
 from __future__ import annotations
 
+import itertools
 import os
 import stat
 from dataclasses import dataclass, field
@@ -67,12 +68,22 @@ class BuiltinConfig:
         min_gap: smallest distance in tokens between an entity's mention and its previous
             occurrence; keep it above the ``tgt_len`` you train with, so that the mention is
             predictable only through memory (Transformer-XL's recurrence).
+        probe: generate the long-range probe corpus instead (:mod:`skipxl.data.probe`): answers
+            that copy a value exactly ``d`` tokens back, ``d`` spread over ``probe_bins``.
+        probe_bins: distance bin edges ``(lo_0, lo_1, ..., hi)``; ``d`` is uniform in a bin drawn
+            uniformly. Span from inside the segment to several times ``mem_len``.
+        probe_values: number of value words (chance loss ``log(probe_values)``).
+        probe_channels: marker pairs, i.e. probes open at the same time.
     """
 
     seed: int = 0
     train_tokens: int = 2_000_000
     eval_tokens: int = 200_000
     min_gap: int = 128
+    probe: bool = False
+    probe_bins: tuple[int, ...] = (2, 16, 32, 64, 128, 256)
+    probe_values: int = 32
+    probe_channels: int = 8
 
     def __post_init__(self) -> None:
         require(
@@ -92,6 +103,28 @@ class BuiltinConfig:
             f"builtin min_gap={self.min_gap} must be in [8, 4096] tokens "
             "(set it above the training tgt_len so that memory is needed)",
         )
+        if isinstance(self.probe_bins, list):
+            object.__setattr__(self, "probe_bins", tuple(self.probe_bins))
+        bins = self.probe_bins
+        require(
+            len(bins) >= 2 and all(isinstance(b, int) for b in bins) and bins[0] >= 2,
+            f"builtin probe_bins={bins!r} must be at least two integer edges, the first >= 2",
+        )
+        require(
+            all(a < b for a, b in itertools.pairwise(bins)),
+            f"builtin probe_bins={bins!r} must be strictly increasing",
+        )
+        require(
+            2 <= self.probe_values <= 4096 and 1 <= self.probe_channels <= 256,
+            f"builtin probe_values={self.probe_values} must be in [2, 4096] and probe_channels="
+            f"{self.probe_channels} in [1, 256]",
+        )
+        if self.probe:
+            require(
+                bins[-1] * 4 <= self.eval_tokens,
+                f"builtin eval_tokens={self.eval_tokens} is too short for probes up to {bins[-1]} tokens; "
+                f"use --builtin_eval_tokens {bins[-1] * 40} or more",
+            )
 
 
 @dataclass(frozen=True)

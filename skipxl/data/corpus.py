@@ -109,7 +109,13 @@ def _id_settings(cfg: DataConfig) -> dict[str, Any]:
 
 def _describe_builtin(cfg: DataConfig) -> tuple[dict[str, Any], list[dict[str, Any]], Builder]:
     options = to_dict(cfg.builtin)
+    if not cfg.builtin.probe:  # the probe options do not change the default corpus (nor its cache key)
+        options = {k: v for k, v in options.items() if not k.startswith("probe")}
     payload = {"corpus": "builtin", "options": options, "generator": GENERATOR_VERSION}
+    if cfg.builtin.probe:
+        from skipxl.data.probe import PROBE_VERSION
+
+        payload["probe_generator"] = PROBE_VERSION
 
     def build(writer: EntryWriter) -> tuple[Vocab, dict[str, int]]:
         vocab, splits = generate_builtin(cfg.builtin)
