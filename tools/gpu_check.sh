@@ -59,7 +59,8 @@ section() {  # section TITLE LIMIT CMD... : run, time, append status and the out
     t0=$(date +%s)
     log="$RUNS/$(echo "$title" | tr -c 'a-zA-Z0-9' '_').log"
     echo ">>> $title" >&2
-    timeout --kill-after=10 "$limit" "$@" >"$log" 2>&1
+    # bash -c: the step may be one of this script's functions (exported below)
+    timeout --kill-after=10 "$limit" bash -c '"$@"' _ "$@" >"$log" 2>&1
     status=$?
     local took=$(($(date +%s) - t0))
     local verdict="ok"
@@ -90,6 +91,8 @@ env_report() {
     "$PY" -c "import torch, deepspeed; print('torch', torch.__version__, 'cuda', torch.version.cuda, \
 'deepspeed', deepspeed.__version__, 'device', torch.cuda.get_device_name() if torch.cuda.is_available() else 'cpu')"
 }
+export -f env_report
+export MODE PY
 section "1. environment" 60 env_report
 
 section "2. CUDA tests (pytest -m cuda)" "$TEST_LIMIT" \
@@ -121,6 +124,8 @@ EOF
     done
     cat "$RUNS/ds_table.md"
 }
+export -f ds_runs
+export MODE PY DS RUNS PORT DS_CONFIGS DS_STEPS DS_LIMIT
 section "3. deepspeed launcher, $DS_STEPS steps, built-in corpus" $((DS_LIMIT * 7)) ds_runs
 
 section "4. skipxl memory, four variants" "$MEMORY_LIMIT" \
