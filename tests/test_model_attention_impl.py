@@ -270,3 +270,24 @@ def test_bf16_autocast_tracks_fp32_cuda(impl: str) -> None:
             mems, vals = out.mems, [*vals, out.loss.item()]
         losses[dtype] = torch.tensor(vals)
     torch.testing.assert_close(losses["bf16"], losses["fp32"], rtol=2e-2, atol=2e-2)
+
+
+@pytest.mark.parametrize("impl", ["eager", "sdpa"])
+def test_bf16_autocast_tracks_fp32_cpu(impl: str) -> None:
+    """CPU bf16 autocast: fp32 loss, and losses within 2e-2 of the fp32 run (training)."""
+    torch.manual_seed(0)
+    model = TransformerXL(get_preset("tiny", dropout=0.0, attn_impl=impl)).train()
+    data = torch.randint(0, 256, (2, 3 * 16 + 1), generator=torch.Generator().manual_seed(4))
+    losses = {}
+    for dtype in ("fp32", "bf16"):
+        mems, vals = None, []
+        for step in range(3):
+            x, y = data[:, step * 16 : step * 16 + 16], data[:, step * 16 + 1 : step * 16 + 17]
+            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=dtype == "bf16"):
+                out = model(x, y, mems=mems)
+            assert out.nll.dtype == torch.float32
+            out.loss.backward()
+            model.zero_grad(set_to_none=True)
+            mems, vals = out.mems, [*vals, out.loss.item()]
+        losses[dtype] = torch.tensor(vals)
+    torch.testing.assert_close(losses["bf16"], losses["fp32"], rtol=2e-2, atol=2e-2)
