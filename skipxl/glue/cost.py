@@ -20,8 +20,10 @@ Timings on a shared CPU are noisy; ratios between methods belong to one benchmar
 
 from __future__ import annotations
 
+import contextlib
 import math
 import time
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -151,3 +153,40 @@ def cost_means(records: list[Any], task: str, variant: str) -> dict[str, float |
         "infer_b32_ex_per_s": _mean([i.get("32", {}).get("examples_per_s") for i in infer]),
         "peak_rss_mib": _mean([x.get("peak_rss_mib") for x in c]),
     }
+
+
+def run_cost(
+    cfg: Any,
+    model: torch.nn.Module,
+    run_dir: Path,
+    evals: dict[str, Any],
+    pad_id: int,
+    *,
+    main: bool,
+    world_size: int,
+    zero_stage: int,
+) -> dict[str, Any]:
+    """Parameters, bytes stored per task (saving the method's file), inference throughput."""
+    from skipxl.glue.method_io import METHOD_DIR, save_method, tensor_bytes, trained_tensors
+    from skipxl.glue.methods import count_total, count_trainable
+
+    cost: dict[str, Any] = {"trainable_params": count_trainable(model), "total_params": count_total(model)}
+    with _gathered(model, zero_stage == 3):
+        if cfg.method == "full":
+            cost["bytes_per_task"] = sum(p.numel() * p.element_size() for p in model.parameters())
+        elif cfg.save_method and main:
+            cost["bytes_per_task"] = save_method(model, cfg, run_dir / METHOD_DIR)["file_bytes"]
+        else:
+            cost["bytes_per_task"] = tensor_bytes(trained_tensors(model))
+        if cfg.measure_inference and main and world_size == 1:
+            cost["infer"] = measure_inference(model, next(iter(evals.values()))[1], pad_id)
+    return cost
+
+
+def _gathered(model: torch.nn.Module, gather: bool):
+    """ZeRO-3 partitions parameters: gather them for saving/measuring; otherwise a no-op."""
+    if not gather:
+        return contextlib.nullcontext()
+    import deepspeed
+
+    return deepspeed.zero.GatheredParameters(list(model.parameters()), modifier_rank=None)

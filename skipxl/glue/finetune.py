@@ -389,46 +389,6 @@ def run_label(method: str, variant: str) -> str:
     return method if variant == "baseline" else f"{method}+{variant}"
 
 
-def run_cost(
-    cfg: FinetuneConfig,
-    model: torch.nn.Module,
-    run_dir: Path,
-    evals: dict[str, tuple[str, Encoded]],
-    pad_id: int,
-    *,
-    main: bool,
-    world_size: int,
-    zero_stage: int,
-) -> dict[str, Any]:
-    """Parameters, bytes stored per task (saving the method's file), inference throughput."""
-    from skipxl.glue.cost import measure_inference
-    from skipxl.glue.method_io import METHOD_DIR, save_method, tensor_bytes, trained_tensors
-    from skipxl.glue.methods import count_total, count_trainable
-
-    cost: dict[str, Any] = {"trainable_params": count_trainable(model), "total_params": count_total(model)}
-    with _gathered(model, zero_stage == 3):
-        if cfg.method == "full":
-            cost["bytes_per_task"] = sum(p.numel() * p.element_size() for p in model.parameters())
-        elif cfg.save_method and main:
-            cost["bytes_per_task"] = save_method(model, cfg, run_dir / METHOD_DIR)["file_bytes"]
-        else:
-            cost["bytes_per_task"] = tensor_bytes(trained_tensors(model))
-        if cfg.measure_inference and main and world_size == 1:
-            cost["infer"] = measure_inference(model, next(iter(evals.values()))[1], pad_id)
-    return cost
-
-
-def _gathered(model: torch.nn.Module, gather: bool):
-    """ZeRO-3 partitions parameters: gather them for saving/measuring; otherwise a no-op."""
-    import contextlib
-
-    if not gather:
-        return contextlib.nullcontext()
-    import deepspeed
-
-    return deepspeed.zero.GatheredParameters(list(model.parameters()), modifier_rank=None)
-
-
 #: Where ``--save_model`` writes the fine-tuned model and its tokenizer inside a run folder.
 MODEL_DIR = "model"
 
@@ -586,6 +546,8 @@ def finetune(cfg: FinetuneConfig, run_dir: str | Path) -> dict[str, Any]:
     train_time = time.time() - t_train
     bar.close()
     logger.close()
+    from skipxl.glue.cost import run_cost
+
     cost = run_cost(
         cfg,
         model,
