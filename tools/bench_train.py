@@ -27,6 +27,8 @@ import sys
 import time
 from pathlib import Path
 
+from bench_common import zipf_tokens
+
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
@@ -35,15 +37,6 @@ SHAPES = {
     "tiny": ("tiny", 10_000, 8, 64),
     "wt103_base": ("wt103_base", 267_735, 2, 16),
 }
-
-
-def zipf_tokens(n_token: int, length: int, seed: int = 0):
-    """Token ids with a Zipf-like frequency profile (the adaptive softmax's head gets most tokens)."""
-    import numpy as np
-
-    rng = np.random.default_rng(seed)
-    ranks = np.floor(np.exp(rng.uniform(0.0, np.log(n_token), size=length))) - 1
-    return ranks.astype(np.int64).clip(0, n_token - 1)
 
 
 def worker(args: argparse.Namespace) -> dict:

@@ -76,24 +76,24 @@ def parse_seeds(spec: Any) -> tuple[int, ...]:
     return tuple(seeds)
 
 
-def parse_methods(spec: Any) -> tuple[str, ...]:
-    """``"full,spartan,lora"`` (or a list) -> validated method names."""
+def _parse_names(spec: Any, allowed: tuple[str, ...], what: str, flag: str) -> tuple[str, ...]:
+    """``"a,b"`` (or a list) -> the names, each checked against ``allowed``, duplicates dropped."""
     names = [s.strip() for s in spec.split(",")] if isinstance(spec, str) else [str(s).strip() for s in spec]
     names = [n for n in names if n]
     for name in names:
-        require(name in METHOD_NAMES, f"method {name!r} is unknown; choose from {METHOD_NAMES}")
-    require(bool(names), f"no method given; pass e.g. --methods {','.join(METHOD_NAMES)}")
+        require(name in allowed, f"{what} {name!r} is unknown; choose from {allowed}")
+    require(bool(names), f"no {what} given; pass e.g. --{flag} {','.join(allowed)}")
     return tuple(dict.fromkeys(names))
+
+
+def parse_methods(spec: Any) -> tuple[str, ...]:
+    """``"full,spartan,lora"`` (or a list) -> validated method names."""
+    return _parse_names(spec, METHOD_NAMES, "method", "methods")
 
 
 def parse_variants(spec: Any) -> tuple[str, ...]:
     """``"baseline,cross_head"`` (or a list) -> validated variant names."""
-    names = [s.strip() for s in spec.split(",")] if isinstance(spec, str) else [str(s).strip() for s in spec]
-    names = [n for n in names if n]
-    for name in names:
-        require(name in VARIANTS, f"variant {name!r} is unknown; choose from {VARIANTS}")
-    require(bool(names), f"no variant given; pass e.g. --variants {','.join(VARIANTS)}")
-    return tuple(dict.fromkeys(names))
+    return _parse_names(spec, VARIANTS, "variant", "variants")
 
 
 @dataclass(frozen=True)
