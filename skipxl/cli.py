@@ -205,7 +205,7 @@ def _eval_plan(run_dir: str, split: str, overrides: dict[str, Any], tag: Any) ->
     from skipxl.config_io import load_json
     from skipxl.engine.checkpoint import resolve_tag
     from skipxl.engine.config import run_config_from_dict
-    from skipxl.engine.evaluate import SPLIT_ALIASES, Protocol
+    from skipxl.engine.evaluate import SPLIT_ALIASES
 
     path = Path(run_dir)
     if not (path / "config.json").is_file():
@@ -215,7 +215,7 @@ def _eval_plan(run_dir: str, split: str, overrides: dict[str, Any], tag: Any) ->
     if split not in SPLIT_ALIASES:
         raise SkipxlError(f"unknown --split {split!r}; choose valid or test (or train)")
     cfg = run_config_from_dict(load_json(path / "config.json"))
-    protocol = Protocol.from_eval_config(dataclasses.replace(cfg.eval, **overrides))
+    protocol = dataclasses.replace(cfg.eval, **overrides)  # validated (EvalConfig) before any work
     return {
         "run": str(path),
         "split": SPLIT_ALIASES[split],

@@ -18,7 +18,28 @@ from torch import Tensor
 from skipxl.errors import SkipxlError
 from skipxl.model import CrossHeadConfig, ModelConfig, SkipRetainConfig, TransformerXL, get_preset
 from skipxl.model.attention import PositionalEmbedding, RelPartialLearnableAttention
-from skipxl.model.functional import attention_mask, position_rows, relative_distances
+from skipxl.model.context import Context
+from skipxl.model.functional import (
+    attention_mask,
+    draw_skip_mask,
+    position_rows,
+    relative_distances,
+    skip_probabilities,
+)
+from skipxl.model.heads import draw_head_indices
+from skipxl.model.transformer_xl import StepPlan
+
+#: The evaluation protocol of these tests: shorter segments, longer memory, clamp, same_length.
+EVAL_CONTEXT = Context(tgt_len=3, mem_len=11, clamp_len=6, same_length=True)
+
+
+def next_plan(model: TransformerXL, gen: torch.Generator) -> StepPlan:
+    """One training step's plan, drawn as the engine's policies draw it (the model draws nothing)."""
+    cfg = model.cfg
+    skip = draw_skip_mask(skip_probabilities(cfg.skip, cfg.n_layer), gen) if cfg.skip else None
+    heads = draw_head_indices(cfg.n_layer, cfg.n_head, cfg.cross_head, gen) if cfg.cross_head else None
+    return StepPlan(skip=skip, head_index=heads)
+
 
 torch.set_num_threads(1)
 H, DH, D = 3, 5, 12  # d_head 5: the scale 1/sqrt(5) is not a power of two (no lucky exact rounding)
@@ -163,10 +184,10 @@ def test_sdpa_model_trains_and_evaluates_like_eager(variant: str, positions: str
     data = torch.randint(0, 97, (3, 8 * 5 + 1), generator=torch.Generator().manual_seed(2))
     mems = {"e": None, "f": None}
     n_gather = 0
+    gen = torch.Generator().manual_seed(0)
     for step in range(6):  # memory grows 0 -> 5 -> 7 (longer than the segment), then is retained
         x, y = data[:, step * 5 : step * 5 + 5], data[:, step * 5 + 1 : step * 5 + 6]
-        plan = eager.draw_plan()
-        fused.draw_plan()  # keep the twins' plan streams aligned
+        plan = next_plan(eager, gen)  # one plan for both twins
         n_gather += sum(not m.is_contiguous(i) for m in [mems["e"]] if m for i in range(m.n_layer))
         outs = {}
         for key, model in (("e", eager), ("f", fused)):
@@ -182,14 +203,13 @@ def test_sdpa_model_trains_and_evaluates_like_eager(variant: str, positions: str
         assert n_gather > 0, "no step used the gather path: the test would not cover it"
     for model in (eager, fused):  # the evaluation protocol: shorter segments, longer memory
         model.eval()
-        model.reset_context(tgt_len=3, mem_len=11, clamp_len=6, same_length=True)
     mems = {"e": None, "f": None}
     with torch.no_grad():
         for step in range(5):
             x, y = data[:, step * 3 : step * 3 + 3], data[:, step * 3 + 1 : step * 3 + 4]
             nll = {}
             for key, model in (("e", eager), ("f", fused)):
-                out = model(x, y, mems=mems[key])
+                out = model(x, y, mems=mems[key], context=EVAL_CONTEXT)
                 mems[key], nll[key] = out.mems, out.nll
             torch.testing.assert_close(nll["f"], nll["e"], **TOL)
 
@@ -200,22 +220,20 @@ def test_flex_model_forward_equals_eager(variant: str, positions: str) -> None:
     """Training-mode forwards (plans, retained memories) and the eval protocol, without grad."""
     eager, fused = twin_models("flex", positions=positions, dropout=0.0, **VARIANTS[variant])
     data = torch.randint(0, 97, (2, 6 * 5 + 1), generator=torch.Generator().manual_seed(3))
+    gen = torch.Generator().manual_seed(0)
     with torch.no_grad():
         for mode in ("train", "eval"):
             mems = {"e": None, "f": None}
+            context = EVAL_CONTEXT if mode == "eval" else None
             for model in (eager, fused):
                 model.train(mode == "train")
-                if mode == "eval":
-                    model.reset_context(tgt_len=3, mem_len=11, clamp_len=6, same_length=True)
             tgt = 5 if mode == "train" else 3
             for step in range(5):
                 x, y = data[:, step * tgt : (step + 1) * tgt], data[:, step * tgt + 1 : (step + 1) * tgt + 1]
-                plan = eager.draw_plan() if mode == "train" else None
-                if mode == "train":
-                    fused.draw_plan()
+                plan = next_plan(eager, gen) if mode == "train" else None
                 nll = {}
                 for key, model in (("e", eager), ("f", fused)):
-                    out = model(x, y, mems=mems[key], plan=plan)
+                    out = model(x, y, mems=mems[key], plan=plan, context=context)
                     mems[key], nll[key] = out.mems, out.nll
                 torch.testing.assert_close(nll["f"], nll["e"], **TOL)
 

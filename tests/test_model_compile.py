@@ -17,6 +17,10 @@ from torch._dynamo.testing import CompileCounter
 from skipxl.errors import SkipxlError
 from skipxl.model import CrossHeadConfig, SkipRetainConfig, TransformerXL, get_preset
 from skipxl.model.compile import compile_model
+from skipxl.model.context import Context
+from skipxl.model.functional import draw_skip_mask, skip_probabilities
+from skipxl.model.heads import draw_head_indices
+from skipxl.model.transformer_xl import StepPlan
 
 SMALL = dict(n_layer=3, d_model=32, n_head=4, d_head=8, d_inner=48, tgt_len=4, mem_len=10)
 
@@ -28,14 +32,25 @@ def fresh_dynamo():
     torch._dynamo.reset()
 
 
+def next_plan(model: TransformerXL, gen: torch.Generator) -> StepPlan:
+    """One training step's plan, drawn as the engine's policies draw it (the model draws nothing)."""
+    cfg = model.cfg
+    skip = draw_skip_mask(skip_probabilities(cfg.skip, cfg.n_layer), gen) if cfg.skip else None
+    heads = draw_head_indices(cfg.n_layer, cfg.n_head, cfg.cross_head, gen) if cfg.cross_head else None
+    return StepPlan(skip=skip, head_index=heads)
+
+
 def train_steps(model: TransformerXL, data: torch.Tensor, steps: int, start: int = 0) -> list[torch.Tensor]:
-    """``steps`` training segments with a memory that grows 0, 4, 8, 10 (= mem_len, not a multiple)."""
+    """``steps`` training segments with a memory that grows 0, 4, 8, 10 (= mem_len, not a multiple);
+    a Skip-Retain / cross-head model gets a freshly drawn plan every step."""
     model.train()
-    model.reset_context(tgt_len=4, mem_len=10, clamp_len=-1, same_length=False)
+    context = Context(tgt_len=4, mem_len=10, clamp_len=-1, same_length=False)
+    gen = torch.Generator().manual_seed(start)
     mems, losses = None, []
     for s in range(steps):
         i = start + 4 * s
-        out = model(data[:, i : i + 4], data[:, i + 1 : i + 5], mems=mems)
+        plan = next_plan(model, gen)
+        out = model(data[:, i : i + 4], data[:, i + 1 : i + 5], mems=mems, plan=plan, context=context)
         out.loss.backward()
         mems = out.mems
         losses.append(out.loss.detach())
@@ -45,11 +60,13 @@ def train_steps(model: TransformerXL, data: torch.Tensor, steps: int, start: int
 def eval_steps(model: TransformerXL, data: torch.Tensor, steps: int) -> list[torch.Tensor]:
     """The evaluation protocol: one stream, shorter segments, longer memory, clamp, same_length."""
     model.eval()
-    model.reset_context(tgt_len=3, mem_len=13, clamp_len=5, same_length=True)
+    context = Context(tgt_len=3, mem_len=13, clamp_len=5, same_length=True)
     mems, nlls = None, []
     with torch.no_grad():
         for s in range(steps):
-            out = model(data[:1, 3 * s : 3 * s + 3], data[:1, 3 * s + 1 : 3 * s + 4], mems=mems)
+            out = model(
+                data[:1, 3 * s : 3 * s + 3], data[:1, 3 * s + 1 : 3 * s + 4], mems=mems, context=context
+            )
             mems = out.mems
             nlls.append(out.nll)
     return nlls

@@ -44,7 +44,7 @@ def _entry(words: list[str]) -> tuple[str, list[str]]:
     if words[0] == "deepspeed":  # launcher options come before the script
         script = next(i for i, w in enumerate(words) if w.endswith(".py"))
         words = ["python", *words[script:]]
-    if words[0] == "python" and words[1] == "-m" and words[2] == "skipxl.profiling.cli":
+    if words[0] == "python" and words[1] == "-m" and words[2] == "skipxl.engine.memory":
         return "skipxl memory", words[3:]
     if words[0] == "python":
         script = Path(words[1])
@@ -52,6 +52,9 @@ def _entry(words: list[str]) -> tuple[str, list[str]]:
         if script.parent.name == "recipes":
             return ("glue" if script.stem == "glue" else script.stem), words[2:]
         return "tool", words[2:]
+    if words[0].endswith(".sh"):
+        assert (REPO / words[0]).is_file(), f"README names {words[0]}, which does not exist"
+        return "tool", words[1:]
     assert words[0] == "skipxl", words
     return f"skipxl {words[1]}", words[2:]
 

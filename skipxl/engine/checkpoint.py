@@ -345,8 +345,10 @@ def export(
     state = fp32_state_dict(run_dir / rd.CHECKPOINTS, tag)
     out = Path(out) if out is not None else run_dir / rd.EXPORT
     out.mkdir(parents=True, exist_ok=True)
+    # Non-tensor entries (a tied layer stack's structure) go into config.json, not the weights file.
+    extra_state = {k: v for k, v in state.items() if not torch.is_tensor(v)}
     if format == "safetensors":
-        _save_safetensors(state, out / SAFETENSORS_FILE)
+        _save_safetensors({k: v for k, v in state.items() if torch.is_tensor(v)}, out / SAFETENSORS_FILE)
     else:
         from skipxl.convert import original_hparams, to_original
         from skipxl.model import ModelConfig, TransformerXL
@@ -368,6 +370,7 @@ def export(
             "format": format,
             "source_run": str(run_dir.resolve()),
             "checkpoint": resolve_tag(run_dir / rd.CHECKPOINTS, tag),
+            "extra_state": extra_state,
         },
         out / "config.json",
     )
@@ -435,7 +438,8 @@ def load_exported(path: Path) -> torch.nn.Module:
     from skipxl.model import ModelConfig, TransformerXL
 
     path = Path(path)
-    cfg = ModelConfig.from_dict(load_json(path / "config.json")["model"])
+    exported = load_json(path / "config.json")
+    cfg = ModelConfig.from_dict(exported["model"])
     model = TransformerXL(cfg)
     weights = path / SAFETENSORS_FILE
     if not weights.is_file() and (path / "model.pt").is_file():
@@ -452,5 +456,6 @@ def load_exported(path: Path) -> torch.nn.Module:
     except Exception as exc:
         raise SkipxlError(f"{weights} is unreadable ({type(exc).__name__}: {exc}); re-export it") from exc
     state.setdefault("pos_emb.inv_freq", model.state_dict()["pos_emb.inv_freq"])
+    state.update(exported.get("extra_state") or {})  # e.g. the tying structure, restored before the weights
     model.load_state_dict(state)
     return model.eval()

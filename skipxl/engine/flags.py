@@ -27,7 +27,9 @@ def _flag(name: str) -> str:
 
 
 def _split_list(value: str) -> list[str]:
-    return [s.strip() for s in value.strip().strip("[]()").split(",") if s.strip()]
+    """``"a,b"``, ``"[a, b]"`` or a Python literal ``"('a', 'b')"`` -> ``["a", "b"]``."""
+    items = (s.strip().strip("'\"").strip() for s in value.strip().strip("[]()").split(","))
+    return [s for s in items if s]
 
 
 def coerce(name: str, value: Any, annotation: Any) -> Any:
