@@ -7,6 +7,7 @@
     skipxl compare RUN_DIR [RUN_DIR ...] [--group] [--png curves.png]
     skipxl data prepare --corpus wt103 --data_dir data/wikitext-103
     skipxl export RUN_DIR
+    skipxl runs check RUN_DIR         (verify a run folder; exit 1 on damage)
     skipxl memory ...                 (skipxl.profiling)
     skipxl glue-report SWEEP_DIR      (skipxl.glue)
 
@@ -24,7 +25,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from skipxl.errors import SkipxlError
+from skipxl.errors import ExitStatus, SkipxlError
 
 
 def _coerce(name: str, value: Any, tp: Any) -> Any:
@@ -114,6 +115,8 @@ def train(
     if dry_run or result is None or not hasattr(result, "finished"):
         return
     if os.environ.get("RANK", "0") != "0":
+        if result.interrupted_by in ("SIGTERM", "SIGINT"):  # every rank exits alike
+            raise ExitStatus(128 + int(getattr(signal, result.interrupted_by)))
         return
     if result.finished:
         print(
@@ -133,7 +136,7 @@ def train(
         file=sys.stderr,
     )
     if result.interrupted_by in ("SIGTERM", "SIGINT"):
-        raise SystemExit(128 + int(getattr(signal, result.interrupted_by)))
+        raise ExitStatus(128 + int(getattr(signal, result.interrupted_by)))
 
 
 def eval_(
@@ -260,6 +263,21 @@ def export(run_dir: str, tag: str | None = None, out: str | None = None) -> None
     print(str(path))
 
 
+def runs_check(run_dir: str) -> None:
+    """Verify a run folder without changing it: config, meta, metrics and every checkpoint's
+    SHA-256 manifest. Prints one line per item; exits 1 when something is damaged.
+
+    Args:
+        run_dir: a training run folder.
+    """
+    from skipxl.engine.run_check import check_run
+
+    report = check_run(Path(_coerce("run_dir", run_dir, str)))
+    print("\n".join(report.lines()))
+    if not report.ok:
+        raise ExitStatus(1)
+
+
 def _lazy(module: str, attr: str, what: str) -> Any:
     import importlib
 
@@ -313,6 +331,7 @@ COMMANDS: dict[str, Any] = {
     "compare": compare,
     "data": {"prepare": data_prepare},
     "export": export,
+    "runs": {"check": runs_check},
     **{name: _lazy_command(name) for name in LAZY_COMMANDS},
 }
 
@@ -360,6 +379,11 @@ def main(argv: Sequence[str] | None = None, *, name: str = "skipxl") -> int:
         return 2
     except fire.core.FireExit as exc:
         return int(exc.code or 0)
+    except ExitStatus as exc:
+        from skipxl.engine.distributed import shutdown_multi_rank
+
+        shutdown_multi_rank()
+        return exc.code
     except KeyboardInterrupt:
         print("error: interrupted", file=sys.stderr)
         return 130
