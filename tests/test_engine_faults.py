@@ -7,6 +7,7 @@ from __future__ import annotations
 import hashlib
 import json
 import shutil
+from pathlib import Path
 
 import pytest
 import torch
@@ -190,3 +191,26 @@ def test_stop_at_step_outside_the_run_is_refused(base, tmp_path, stop):
     (run / "checkpoints" / "latest").write_text("step_00000002")
     with pytest.raises(SkipxlError, match="--stop_at_step"):  # resumed at step 2, max_steps 4
         train(tiny_config(run, **KW), progress=False, resume=True, stop_at_step=stop)
+
+
+def test_evaluations_that_differ_never_overwrite_each_other(base):
+    from skipxl.engine.evaluate import evaluate_run
+
+    run = base[0]
+    rows = [
+        evaluate_run(run, split="valid"),
+        evaluate_run(run, split="valid", max_batches=1),
+        evaluate_run(run, split="valid", tag="step_00000002"),
+    ]
+    names = {row["saved_to"] for row in rows}
+    assert len(names) == 3
+    for row in rows:  # each file still holds its own number
+        assert json.loads(Path(row["saved_to"]).read_text())["val/loss"] == row["val/loss"]
+    assert rows[0]["val/loss"] != rows[2]["val/loss"]
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without CUDA")
+def test_eval_on_cuda_without_a_gpu_is_one_error(base, capsys):
+    assert main(["eval", str(base[0]), "--device", "cuda"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "no usable CUDA GPU" in err[0] and err[0].startswith("error: ")

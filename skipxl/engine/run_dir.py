@@ -9,7 +9,8 @@ Layout (``RUN_DIR/``)::
     tb/              TensorBoard events (rank 0)
     checkpoints/     DeepSpeed checkpoints, one folder per step, ``latest`` names the newest good one
     export/          plain fp32 state_dict + config.json (``skipxl export``)
-    eval_*.json      results of ``skipxl eval`` with the protocol in the file name
+    eval_*.json      results of ``skipxl eval``, named by split, checkpoint, protocol, batch limit
+    heartbeats/      one file per rank of a multi-rank job (the watchdog's, skipxl.engine.watchdog)
 """
 
 from __future__ import annotations

@@ -138,7 +138,8 @@ def _init_deepspeed(out_dir: Path, is_main: bool, timeout_s: float) -> None:
         import logging
 
         deepspeed.utils.logger.setLevel(logging.WARNING)
-    deepspeed.init_distributed(verbose=False, timeout=timedelta(seconds=timeout_s))
+    # twice the watchdog's timeout: the watchdog names the stuck rank first; this is the backstop
+    deepspeed.init_distributed(verbose=False, timeout=timedelta(seconds=2 * timeout_s))
     barrier()
     if is_main:
         out_dir.mkdir(parents=True, exist_ok=True)
@@ -449,10 +450,14 @@ class Trainer:
                 local_rank=self.world.local_rank,
                 keep=self.cfg.train.keep_checkpoints,
             )
-        except OSError as exc:  # disk full, quota, permissions: the previous checkpoint is untouched
+        except (OSError, RuntimeError) as exc:  # disk full, quota: the previous checkpoint is untouched
+            # torch.save reports a failed write as a RuntimeError of its zip writer
+            if isinstance(exc, RuntimeError) and not any(w in str(exc) for w in ("write", "unexpected pos")):
+                raise
             kept = ckpt.read_latest(self.out_dir / rd.CHECKPOINTS) or "none"
+            reason = getattr(exc, "strerror", None) or str(exc).splitlines()[0][:200]
             raise SkipxlError(
-                f"could not write the checkpoint of step {self.state.step} ({exc.strerror or exc}); "
+                f"could not write the checkpoint of step {self.state.step} ({reason}); "
                 f"the previous checkpoint ({kept}) is kept; free space and continue with --resume"
             ) from exc
         self.last_saved = self.state.step
