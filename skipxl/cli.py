@@ -380,17 +380,28 @@ def main(argv: Sequence[str] | None = None, *, name: str = "skipxl") -> int:
     except fire.core.FireExit as exc:
         return int(exc.code or 0)
     except ExitStatus as exc:
-        from skipxl.engine.distributed import shutdown_multi_rank
-
-        shutdown_multi_rank()
-        return exc.code
+        return _leave(exc.code)
     except KeyboardInterrupt:
         print("error: interrupted", file=sys.stderr)
         return 130
-    from skipxl.engine.distributed import shutdown_multi_rank
+    return _leave(0)
 
+
+def _leave(code: int) -> int:
+    """Every rank of a multi-rank job leaves alike: barrier, destroy the process group, then exit
+    at once with ``code``; interpreter teardown on CPU can abort in DeepSpeed's shared-memory comm op
+    ("terminate called without an active exception", -6) and would replace the status."""
+    import torch
+
+    from skipxl.engine.distributed import is_distributed, shutdown_multi_rank
+
+    multi = is_distributed() and torch.distributed.get_world_size() > 1
     shutdown_multi_rank()
-    return 0
+    if multi:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
+    return code
 
 
 def recipe_main(recipe: str, argv: Sequence[str] | None = None) -> int:

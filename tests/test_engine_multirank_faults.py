@@ -47,7 +47,7 @@ def test_sigterm_to_rank_1_stops_both_ranks_at_one_step_and_resumes(tmp_path):
 def test_frozen_rank_is_named_and_the_job_exits(tmp_path):
     run = tmp_path / "run"
     procs = launch_cli(
-        2, "train", "--max_steps", "2000", "--out", str(run), "--collective_timeout_s", "8", *TINY
+        2, "train", "--max_steps", "2000", "--out", str(run), "--collective_timeout_s", "15", *TINY
     )
     try:
         wait_for_step(run, 2, procs)

@@ -390,7 +390,8 @@ def references(work: Path, kinds: list[str]) -> tuple[dict[int, Path], Path | No
     return refs, full, stopped
 
 
-def campaign(kinds: list[str], trials: int, seed: int, work: Path) -> list[Outcome]:
+def campaign(kinds: list[str], trials: int, seed: int, work: Path, budget_s: float = 0.0) -> list[Outcome]:
+    started = time.time()
     rng = random.Random(seed)
     work.mkdir(parents=True, exist_ok=True)
     refs, full, stopped = references(work, kinds)
@@ -398,6 +399,9 @@ def campaign(kinds: list[str], trials: int, seed: int, work: Path) -> list[Outco
     rng.shuffle(plan)
     outcomes = []
     for i, kind in enumerate(plan):
+        if budget_s and time.time() - started > budget_s:
+            print(f"time budget of {budget_s:.0f} s spent: {i} of {len(plan)} trials run", flush=True)
+            break
         t0 = time.time()
         trial_dir = work / "trial"
         shutil.rmtree(trial_dir, ignore_errors=True)
@@ -446,6 +450,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", default="/tmp/skipxl_faults")
     parser.add_argument("--json", default=None, help="also write the outcomes here")
+    parser.add_argument(
+        "--time_budget_s", type=float, default=0.0, help="start no trial after this (0 = none)"
+    )
     args = parser.parse_args(argv)
     kinds = [k for k in args.kinds.split(",") if k]
     unknown = sorted(set(kinds) - set(FILE_KINDS + PROC_KINDS))
@@ -454,7 +461,7 @@ def main(argv: list[str] | None = None) -> int:
     import torch
 
     torch.set_num_threads(1)
-    outcomes = campaign(kinds, args.trials, args.seed, Path(args.out))
+    outcomes = campaign(kinds, args.trials, args.seed, Path(args.out), args.time_budget_s)
     print(table(outcomes))
     if args.json:
         Path(args.json).write_text(json.dumps([o.__dict__ for o in outcomes], indent=1))

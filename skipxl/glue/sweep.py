@@ -1,9 +1,10 @@
 """Seed sweeps: every (task, variant, seed) fine-tuned into its own run folder, resumably.
 
 Layout: ``<out>/<task>/<variant>/seed_<s>/`` (see :mod:`skipxl.glue.runlog` for the files).
-Resuming is the default: a run whose folder holds ``result.json`` (or ``failed.json``) is
-skipped -- after checking that it was trained with the same configuration -- and a folder
-without a marker (a killed run) is wiped and trained again from scratch. Runs are ordered
+Resuming is the default: a run whose folder holds ``result.json`` is skipped -- after checking
+that it was trained with the same configuration -- a run that failed (``failed.json``) is trained
+again (``retry_failed=False`` keeps the failure), and a folder without a marker (a killed run) is
+wiped and trained again from scratch. A sweep with a failed run ends with an error (exit 2). Runs are ordered
 seed-major (seed 0: every task and variant, then seed 1 ...) so that a sweep stopped early
 still compares every variant on every task over the same seeds.
 
@@ -88,7 +89,7 @@ class SweepConfig:
     out: str = "runs/glue"
     base: FinetuneConfig = field(default_factory=FinetuneConfig)
     data_seed: int | None = None
-    retry_failed: bool = False
+    retry_failed: bool = True
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "tasks", tuple(t.name for t in parse_tasks(list(self.tasks))))
@@ -243,7 +244,7 @@ def main(
     data_source: str = "local",
     max_train_examples: int | None = None,
     max_eval_examples: int | None = None,
-    retry_failed: bool = False,
+    retry_failed: bool = True,
     report: bool = True,
     local_rank: int | None = None,
 ) -> None:
@@ -303,6 +304,12 @@ def main(
             rep = glue_report(out)
             print(rep.markdown, flush=True)
             print(f"report: {rep.markdown_path} {rep.csv_path} {rep.plot_path or ''}", flush=True)
+    if outcome.failed:  # a sweep with failed runs is not a success, whatever its report says
+        first = outcome.failed[0] / FAILED_FILE
+        raise SkipxlError(
+            f"{len(outcome.failed)} of {len(outcome.ran) + len(outcome.failed) + len(outcome.skipped)} "
+            f"runs failed (first: {first}); fix the cause and rerun the command (failed runs are retried)"
+        )
 
 
 if __name__ == "__main__":  # pragma: no cover
