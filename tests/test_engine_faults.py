@@ -214,3 +214,30 @@ def test_eval_on_cuda_without_a_gpu_is_one_error(base, capsys):
     assert main(["eval", str(base[0]), "--device", "cuda"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "no usable CUDA GPU" in err[0] and err[0].startswith("error: ")
+
+
+@pytest.mark.parametrize(
+    ("argv", "needle"),
+    [
+        (["train", "--recipe", "wt103", "--data_dir", "{file}"], "is a file; pass the folder"),
+        (["train", "--resume", "--out", "{run}"], "TrainConfig.max_steps must be int, got 'abc'"),
+        (["train", "--resume", "--out", "{binary}"], "is not UTF-8 text"),
+        (["eval", "{empty}"], "no checkpoint in"),
+    ],
+)
+def test_bad_state_is_one_error_line(tmp_path, capsys, base, argv, needle):
+    (tmp_path / "file.txt").write_text("x")
+    run = _copy(base, tmp_path, "run")
+    config = json.loads((run / "config.json").read_text())
+    config["train"]["max_steps"] = "abc"
+    (run / "config.json").write_text(json.dumps(config))
+    binary = _copy(base, tmp_path, "binary")
+    (binary / "config.json").write_bytes(b"\xff\xfe{}")
+    empty = _copy(base, tmp_path, "empty")
+    shutil.rmtree(empty / "checkpoints")
+    paths = {"file": tmp_path / "file.txt", "run": run, "binary": binary, "empty": empty}
+    code = main([a.format(**paths) for a in argv])
+    err = capsys.readouterr().err.strip().splitlines()
+    errors = [line for line in err if line.startswith("error: ")]
+    assert code == 2 and len(errors) == 1 and "Traceback" not in "\n".join(err), err
+    assert needle in errors[0] and "drop --resume" not in errors[0]
