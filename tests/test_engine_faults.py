@@ -241,3 +241,14 @@ def test_bad_state_is_one_error_line(tmp_path, capsys, base, argv, needle):
     errors = [line for line in err if line.startswith("error: ")]
     assert code == 2 and len(errors) == 1 and "Traceback" not in "\n".join(err), err
     assert needle in errors[0] and "drop --resume" not in errors[0]
+
+
+def test_missing_zero_optimizer_shard_falls_back(tmp_path, capsys):
+    kw = {**KW, "ds_config": "cpu_zero2"}
+    full = train(tiny_config(tmp_path / "full", **kw), progress=False)
+    shards = sorted((tmp_path / "full" / "checkpoints" / "step_00000004").glob("*optim_states.pt"))
+    assert shards, "a ZeRO checkpoint has optimizer shards"
+    shards[0].unlink()
+    resumed = train(tiny_config(tmp_path / "full", **kw), progress=False, resume=True)
+    assert f"{shards[0].name} is missing" in capsys.readouterr().err
+    assert resumed.losses == full.losses[2:]
