@@ -5,6 +5,7 @@ The two-rank kinds (SIGTERM to one rank, a frozen rank) are tests/test_engine_mu
 from __future__ import annotations
 
 import importlib.util
+import sys
 
 import pytest
 from engine_helpers import REPO
@@ -15,6 +16,7 @@ pytestmark = pytest.mark.slow
 def _faults():
     spec = importlib.util.spec_from_file_location("faults", REPO / "tools" / "faults.py")
     module = importlib.util.module_from_spec(spec)
+    sys.modules["faults"] = module  # its dataclass needs its module registered
     spec.loader.exec_module(module)
     return module
 
