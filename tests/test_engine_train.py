@@ -12,6 +12,7 @@ import torch
 from engine_helpers import tiny_config
 
 from skipxl.engine import checkpoint as ckpt
+from skipxl.engine import integrity
 from skipxl.engine.checkpoint import fp32_state_dict, read_latest
 from skipxl.engine.distributed import seed_everything
 from skipxl.engine.policies import SkipRetainPolicy
@@ -228,6 +229,7 @@ def _to_format_1(ckpt_dir):
     torch.save(client, model_file)
     old = {"rng": rank["rng"], "plan_generator": generator, "iterator": rank["iterator"]}
     torch.save({**old, "mems": rank["train_state"]["mems"]}, rank_file)
+    (folder / "manifest.json").unlink()  # format 1 had no integrity manifest
 
 
 def test_checkpoints_of_format_1_resume_exactly(tmp_path):
@@ -251,10 +253,12 @@ def test_checkpoints_of_another_format_fail_with_one_clear_error(tmp_path):
     model_file = tmp_path / "run" / "checkpoints" / "step_00000002" / "mp_rank_00_model_states.pt"
     client = torch.load(model_file, weights_only=False)
     torch.save({**client, "format_version": 99}, model_file)
+    integrity.write_manifest(model_file.parent)  # as the newer skipxl would have written it
     with pytest.raises(SkipxlError, match="format version 99, newer than this skipxl reads"):
         train(tiny_config(tmp_path / "run", steps=4), progress=False, resume=True)
     del client["format_version"]  # format 1, but its rank file is of format 2: lacks the old keys
     torch.save(client, model_file)
+    integrity.write_manifest(model_file.parent)
     with pytest.raises(
         SkipxlError, match=r"format version 1 checkpoint .* lacks \['phase', 'plan_generator'"
     ):
