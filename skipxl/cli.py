@@ -8,6 +8,7 @@
     skipxl data prepare --corpus wt103 --data_dir data/wikitext-103
     skipxl export RUN_DIR [--format safetensors|original]
     skipxl import-original MODEL_ORIGINAL.pt --out DIR [--hparams JSON]
+    skipxl runs check RUN_DIR         (verify a run folder; exit 1 on damage)
     skipxl memory ...                 (skipxl.profiling)
     skipxl tying RUN_DIR [RUN_DIR ...] [--png tying.png]   (Dynamic Layer Tying heat-map)
     skipxl glue-report SWEEP_DIR      (skipxl.glue)
@@ -29,7 +30,7 @@ from pathlib import Path
 from typing import Any
 
 from skipxl.config_io import dumps
-from skipxl.errors import SkipxlError
+from skipxl.errors import ExitStatus, SkipxlError
 
 
 def _coerce(name: str, value: Any, tp: Any) -> Any:
@@ -116,6 +117,8 @@ def train(
     if dry_run or result is None or not hasattr(result, "finished"):
         return
     if os.environ.get("RANK", "0") != "0":
+        if result.interrupted_by in ("SIGTERM", "SIGINT"):  # every rank exits alike
+            raise ExitStatus(128 + int(getattr(signal, result.interrupted_by)))
         return
     if result.finished:
         print(
@@ -131,7 +134,7 @@ def train(
         return
     # the training loop printed "stopped at step N (...); resume with --resume --out RUN_DIR" once
     if result.interrupted_by in ("SIGTERM", "SIGINT"):
-        raise SystemExit(128 + int(getattr(signal, result.interrupted_by)))
+        raise ExitStatus(128 + int(getattr(signal, result.interrupted_by)))
 
 
 def eval_(
@@ -348,6 +351,21 @@ def import_original(path: str, out: str, hparams: Any = None) -> None:
     print(str(_import(Path(_coerce("path", path, str)), Path(_coerce("out", out, str)), hparams=params)))
 
 
+def runs_check(run_dir: str) -> None:
+    """Verify a run folder without changing it: config, meta, metrics and every checkpoint's
+    SHA-256 manifest. Prints one line per item; exits 1 when something is damaged.
+
+    Args:
+        run_dir: a training run folder.
+    """
+    from skipxl.engine.run_check import check_run
+
+    report = check_run(Path(_coerce("run_dir", run_dir, str)))
+    print("\n".join(report.lines()))
+    if not report.ok:
+        raise ExitStatus(1)
+
+
 def _lazy(module: str, attr: str, what: str) -> Any:
     import importlib
 
@@ -416,6 +434,7 @@ COMMANDS: dict[str, Any] = {
     "export": export,
     "import-original": import_original,
     "import_original": import_original,
+    "runs": {"check": runs_check},
     **{name: _lazy_command(name) for name in LAZY_COMMANDS},
 }
 
@@ -521,13 +540,29 @@ def main(argv: Sequence[str] | None = None, *, name: str = "skipxl") -> int:
         return 2
     except fire.core.FireExit as exc:
         return int(exc.code or 0)
+    except ExitStatus as exc:
+        return _leave(exc.code)
     except KeyboardInterrupt:
         print("error: interrupted", file=sys.stderr)
         return 130
-    from skipxl.engine.distributed import shutdown_multi_rank
+    return _leave(0)
 
+
+def _leave(code: int) -> int:
+    """Every rank of a multi-rank job leaves alike: barrier, destroy the process group, then exit
+    at once with ``code``; interpreter teardown on CPU can abort in DeepSpeed's shared-memory comm op
+    ("terminate called without an active exception", -6) and would replace the status."""
+    import torch
+
+    from skipxl.engine.distributed import is_distributed, shutdown_multi_rank
+
+    multi = is_distributed() and torch.distributed.get_world_size() > 1
     shutdown_multi_rank()
-    return 0
+    if multi:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
+    return code
 
 
 def recipe_main(recipe: str, argv: Sequence[str] | None = None) -> int:

@@ -67,6 +67,8 @@ def from_dict(cls: type[T], data: dict[str, Any]) -> T:
     if unknown:
         raise SkipxlError(f"unknown {cls.__name__} field(s) {unknown}; valid fields are {sorted(names)}")
     kwargs = {k: _coerce(hints[k], v) for k, v in data.items()}
+    for key, value in kwargs.items():
+        _check_scalar(cls.__name__, key, hints[key], value)
     return cls(**kwargs)
 
 
@@ -92,6 +94,30 @@ def json_safe(obj: Any) -> Any:
 def dumps(obj: Any, **kwargs: Any) -> str:
     """``json.dumps`` of :func:`json_safe` ``(obj)``, refusing anything non-strict."""
     return json.dumps(json_safe(obj), allow_nan=False, **kwargs)
+def _check_scalar(owner: str, name: str, tp: Any, value: Any) -> None:
+    """A JSON value of the wrong scalar type (``"max_steps": "abc"``) fails here, naming the field,
+    instead of deep inside a ``__post_init__`` comparison."""
+    allowed = (
+        [a for a in typing.get_args(tp) if a is not type(None)]
+        if typing.get_origin(tp)
+        in (
+            typing.Union,
+            types.UnionType,
+        )
+        else [tp]
+    )
+    if value is None or not all(a in (int, float, bool, str) for a in allowed):
+        return
+    ok = any(
+        (a is bool and isinstance(value, bool))
+        or (a is int and isinstance(value, int) and not isinstance(value, bool))
+        or (a is float and isinstance(value, (int, float)) and not isinstance(value, bool))
+        or (a is str and isinstance(value, str))
+        for a in allowed
+    )
+    if not ok:
+        names = " or ".join(a.__name__ for a in allowed)
+        raise SkipxlError(f"{owner}.{name} must be {names}, got {value!r}; fix that field of the JSON")
 
 
 def save_json(obj: Any, path: Path) -> None:
@@ -109,6 +135,11 @@ def load_json(path: Path) -> Any:
     if not path.is_file():
         raise SkipxlError(f"{path} does not exist; pass the run folder or file that holds it")
     try:
-        return json.loads(path.read_text())
+        return json.loads(path.read_bytes().decode("utf-8"))
+    except UnicodeDecodeError as exc:
+        raise SkipxlError(
+            f"{path} is not UTF-8 text (byte {exc.start} is {exc.object[exc.start : exc.start + 1]!r}); "
+            "restore or regenerate it"
+        ) from None
     except json.JSONDecodeError as exc:
         raise SkipxlError(f"{path} is not valid JSON ({exc}); restore or regenerate it") from exc

@@ -16,3 +16,13 @@ def require(condition: bool, message: str) -> None:
     """Raise :class:`SkipxlError` with ``message`` unless ``condition`` holds."""
     if not condition:
         raise SkipxlError(message)
+
+
+class ExitStatus(Exception):
+    """Leave a command with ``code`` after the normal shutdown (no traceback, no ``error:`` line):
+    a training run stopped by a signal exits ``128 + signum`` (143 SIGTERM, 130 SIGINT) on every
+    rank; ``skipxl runs check`` exits 1 when it finds damage."""
+
+    def __init__(self, code: int) -> None:
+        super().__init__(code)
+        self.code = code

@@ -104,3 +104,63 @@ def tiny_config(out: Path, *, variant: str = "baseline", steps: int = 6, **train
     )
     flags.update(train)
     return build_config("builtin", variant=variant, max_steps=steps, out=str(out), **flags)
+
+
+def launch_cli(world: int, *args: str, port: int | None = None) -> list[subprocess.Popen[str]]:
+    """``skipxl ARGS`` as ``world`` ranks of one job (rank env vars, gloo on CPU), not waited for:
+    the multi-rank fault tests signal single ranks of it."""
+    port = port or free_port()
+    procs = []
+    for rank in range(world):
+        env = clean_env(
+            RANK=str(rank),
+            LOCAL_RANK=str(rank),
+            WORLD_SIZE=str(world),
+            MASTER_ADDR="127.0.0.1",
+            MASTER_PORT=str(port),
+        )
+        procs.append(
+            subprocess.Popen(
+                [sys.executable, "-m", "skipxl.cli", *args],
+                env=env,
+                cwd=REPO,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.STDOUT,
+                text=True,
+                start_new_session=True,  # a signal to the test's group never reaches them
+            )
+        )
+    return procs
+
+
+def wait_for_step(run_dir: Path, step: int, procs: list[subprocess.Popen[str]], timeout: float = 300) -> int:
+    """Block until rank 0 logged a training row at ``step`` or later; return that step."""
+    import time
+
+    deadline = time.time() + timeout
+    path = Path(run_dir) / "metrics.jsonl"
+    while time.time() < deadline:
+        if path.is_file():
+            steps = [json.loads(x)["step"] for x in path.read_text().splitlines() if '"train/loss"' in x]
+            if steps and steps[-1] >= step:
+                return steps[-1]
+        if any(p.poll() is not None for p in procs):
+            out = [p.communicate()[0][-3000:] for p in procs]
+            raise AssertionError(f"a rank ended early {[p.returncode for p in procs]}:\n" + "\n".join(out))
+        time.sleep(0.2)
+    for p in procs:
+        p.kill()
+    raise AssertionError(f"no training row at step {step} within {timeout}s")
+
+
+def finish(procs: list[subprocess.Popen[str]], timeout: float = 300) -> tuple[list[int], list[str]]:
+    """Wait for every rank (kill them all after ``timeout``); return exit codes and outputs."""
+    outputs = []
+    for p in procs:
+        try:
+            outputs.append(p.communicate(timeout=timeout)[0])
+        except subprocess.TimeoutExpired:
+            for q in procs:
+                q.kill()
+            outputs.append(p.communicate()[0])
+    return [p.returncode for p in procs], outputs

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import shutil
+from pathlib import Path
 
 import pytest
 import torch
@@ -122,6 +123,8 @@ def test_eval_command_passes_the_protocol_and_saves(runs):
     )
     assert res.returncode == 0, res.stderr[-2000:]
     row = json.loads(res.stdout)
+    assert Path(row["saved_to"]).name.startswith("eval_valid_step_")
+    assert Path(row["saved_to"]).name.endswith("_tgt8_mem48_clamp10_same1_ext0_bs2_batches5.json")
     assert row["protocol"] == {
         "tgt_len": 8,
         "mem_len": 48,
@@ -131,10 +134,7 @@ def test_eval_command_passes_the_protocol_and_saves(runs):
         "batch_size": 2,
     }
     assert row["val/ppl"] > 1 and row["val/tokens"] == 2 * 5 * 8
-    assert (
-        json.loads((base / "baseline" / "eval_valid_tgt8_mem48_clamp10_same1.json").read_text())["val/loss"]
-        == row["val/loss"]
-    )
+    assert json.loads((Path(row["saved_to"])).read_text())["val/loss"] == row["val/loss"]
 
 
 def test_compare_prints_a_table_and_saves_a_plot(runs, tmp_path):
@@ -285,10 +285,12 @@ def test_unreadable_checkpoint_is_one_line(runs, tmp_path, capsys):
     shutil.copytree(base / "baseline", broken)
     tag = (broken / "checkpoints" / "latest").read_text().strip()
     (broken / "checkpoints" / tag / "mp_rank_00_model_states.pt").write_bytes(b"\x00garbage")
-    assert "unreadable" in _one_error_line(capsys, ["eval", str(broken)])
-    assert "unreadable" in _one_error_line(capsys, ["export", str(broken)])
-    (broken / "checkpoints" / "latest").write_text("step_99999999")
-    assert "missing" in _one_error_line(capsys, ["eval", str(broken)])
+    assert "no intact checkpoint" in _one_error_line(capsys, ["eval", str(broken)])
+    assert "no intact checkpoint" in _one_error_line(capsys, ["export", str(broken)])
+    line = _one_error_line(capsys, ["eval", str(broken), "--tag", tag])
+    assert f"checkpoint {tag} is damaged" in line and "mp_rank_00_model_states.pt" in line
+    line = _one_error_line(capsys, ["eval", str(broken), "--tag", "step_99"])
+    assert "--tag step_99: no such checkpoint" in line and "latest" not in line
 
 
 def test_missing_optional_command_module_is_a_clear_error():

@@ -12,6 +12,7 @@ import torch
 from engine_helpers import tiny_config
 
 from skipxl.engine import checkpoint as ckpt
+from skipxl.engine import integrity
 from skipxl.engine.checkpoint import fp32_state_dict, read_latest
 from skipxl.engine.distributed import seed_everything
 from skipxl.engine.policies import SkipRetainPolicy
@@ -88,7 +89,7 @@ def test_crash_during_save_keeps_the_last_good_checkpoint(tmp_path, monkeypatch)
         return real_save(obj, path, *args, **kwargs)
 
     monkeypatch.setattr(ckpt.torch, "save", failing_save)
-    with pytest.raises(OSError, match="simulated"):
+    with pytest.raises(SkipxlError, match=r"simulated.*step_00000002\) is kept"):
         train(cfg, progress=False)
     monkeypatch.setattr(ckpt.torch, "save", real_save)
     ckpt_dir = tmp_path / "run" / "checkpoints"
@@ -195,8 +196,8 @@ def test_resume_refuses_missing_or_unreadable_checkpoints(tmp_path):
         train(tiny_config(run, steps=2), progress=False)
     tag = read_latest(run / "checkpoints")
     (run / "checkpoints" / tag / "mp_rank_00_model_states.pt").write_bytes(b"not a checkpoint")
-    with pytest.raises(SkipxlError, match="unreadable"):
-        train(tiny_config(run, steps=4), progress=False, resume=True)
+    with pytest.raises(SkipxlError, match=r"no intact checkpoint.*mp_rank_00_model_states\.pt"):
+        train(tiny_config(run, steps=2), progress=False, resume=True)
 
 
 def test_zero_probabilities_reproduce_the_baseline_bitwise(tmp_path):
@@ -228,6 +229,7 @@ def _to_format_1(ckpt_dir):
     torch.save(client, model_file)
     old = {"rng": rank["rng"], "plan_generator": generator, "iterator": rank["iterator"]}
     torch.save({**old, "mems": rank["train_state"]["mems"]}, rank_file)
+    (folder / "manifest.json").unlink()  # format 1 had no integrity manifest
 
 
 def test_checkpoints_of_format_1_resume_exactly(tmp_path):
@@ -251,10 +253,12 @@ def test_checkpoints_of_another_format_fail_with_one_clear_error(tmp_path):
     model_file = tmp_path / "run" / "checkpoints" / "step_00000002" / "mp_rank_00_model_states.pt"
     client = torch.load(model_file, weights_only=False)
     torch.save({**client, "format_version": 99}, model_file)
+    integrity.write_manifest(model_file.parent)  # as the newer skipxl would have written it
     with pytest.raises(SkipxlError, match="format version 99, newer than this skipxl reads"):
         train(tiny_config(tmp_path / "run", steps=4), progress=False, resume=True)
     del client["format_version"]  # format 1, but its rank file is of format 2: lacks the old keys
     torch.save(client, model_file)
+    integrity.write_manifest(model_file.parent)
     with pytest.raises(
         SkipxlError, match=r"format version 1 checkpoint .* lacks \['phase', 'plan_generator'"
     ):

@@ -8,6 +8,7 @@ import random
 import socket
 import subprocess
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -182,11 +183,23 @@ def test_failed_run_is_recorded_and_counted(tmp_path: Path, monkeypatch: pytest.
 
     monkeypatch.setattr(sweep, "finetune", flaky)
     out = tmp_path / "out"
-    sweep.main(glue_dir=str(glue), out=str(out), **{**SWEEP_ARGS, "seeds": "0-2"})
+    with pytest.raises(SkipxlError, match=r"1 of 6 runs failed .*seed_1.*rerun"):  # not exit 0
+        sweep.main(glue_dir=str(glue), out=str(out), **{**SWEEP_ARGS, "seeds": "0-2"})
     assert "loss is nan" in (out / "rte" / "cross_head" / "seed_1" / "failed.json").read_text()
     rep = glue_report(out, plot=False)
     cross = next(g for g in rep.groups if g.variant == "cross_head")
     assert (cross.n, cross.failed, cross.seeds) == (2, 1, [0, 2])
+    # the cause fixed, a rerun trains the failed run again (and only it)
+    calls: list[Path] = []
+
+    def fixed(cfg: FinetuneConfig, run_dir: Path) -> dict:
+        calls.append(run_dir)
+        return flaky(replace(cfg, init_seed=cfg.init_seed + 10), run_dir)
+
+    monkeypatch.setattr(sweep, "finetune", fixed)
+    sweep.main(glue_dir=str(glue), out=str(out), **{**SWEEP_ARGS, "seeds": "0-2"})
+    assert calls == [out / "rte" / "cross_head" / "seed_1"]
+    assert not (calls[0] / "failed.json").exists() and (calls[0] / "result.json").is_file()
 
 
 def test_report_statistics(tmp_path: Path) -> None:
@@ -357,6 +370,7 @@ def test_linear_warmup_decay_schedule() -> None:
 
 WORKER = """
 import json, sys
+from dataclasses import replace
 from pathlib import Path
 from skipxl.engine.distributed import ensure_accelerator_env
 ensure_accelerator_env()

@@ -61,6 +61,7 @@ def find_split_files(data_dir: str | os.PathLike[str], corpus: str) -> dict[str,
         SkipxlError: the folder or a split is missing, or a split file is empty.
     """
     root = Path(data_dir).expanduser()
+    require(not root.is_file(), f"data folder {root} is a file; pass the folder with the {corpus} files")
     require(
         root.is_dir(),
         f"data folder {root} does not exist; pass data_dir=<folder with the {corpus} files> "
@@ -230,6 +231,7 @@ def find_char_source(data_dir: str | os.PathLike[str], corpus: str) -> Path:
     """``<corpus>.zip`` (official) or the extracted ``<corpus>`` file in ``data_dir``."""
     require(corpus in CHAR_CORPORA, f"{corpus} is not a character corpus")
     root = Path(data_dir).expanduser()
+    require(not root.is_file(), f"data folder {root} is a file; pass the folder that holds {corpus}.zip")
     require(
         root.is_dir(),
         f"data folder {root} does not exist; create it and put the official {corpus}.zip "

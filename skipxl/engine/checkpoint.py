@@ -13,9 +13,15 @@ file, but resuming Transformer-XL exactly needs each rank's own state: its dropo
 memory of each of its streams (one :class:`~skipxl.model.memory.Memory` per micro-step) and
 its iterator position.
 
-Crash safety: every rank writes into ``tmp_step_N/``; after a barrier the folder is renamed
-to ``step_N/`` and only then is ``latest`` replaced (write a temporary file, ``os.replace``).
+Crash safety: every rank writes into ``tmp_step_N/``; after a barrier the finalising process
+hashes every file into ``manifest.json`` (:mod:`skipxl.engine.integrity`), renames the folder
+to ``step_N/`` and only then replaces ``latest`` (write a temporary file, ``os.replace``).
 A crash at any point leaves ``latest`` naming a complete checkpoint.
+
+Content integrity: :func:`choose_tag` verifies the folder it picks against its manifest; a
+damaged checkpoint (a flipped bit, a truncated, zeroed or deleted file, a bad ``latest``) is
+named in a warning and the newest older checkpoint that verifies is loaded instead, or, when
+none does, one error names the damage.
 
 Format versions (``client_state["format_version"]``): 1 (no field) was written before the
 engine's training policies (issue 11): the Skip-Retain phase in the client state and the model's
@@ -35,6 +41,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from skipxl.engine import integrity
 from skipxl.engine import run_dir as rd
 from skipxl.engine.distributed import barrier as _barrier
 from skipxl.errors import SkipxlError
@@ -77,12 +84,70 @@ def set_rng_state(state: dict[str, Any]) -> None:
 
 
 def read_latest(ckpt_dir: Path) -> str | None:
-    """The tag ``latest`` names, or None when there is no complete checkpoint."""
+    """The tag ``latest`` names, or None when there is none (no file, or not a step tag)."""
     path = Path(ckpt_dir) / LATEST
     if not path.is_file():
         return None
-    tag = path.read_text().strip()
-    return tag or None
+    try:
+        tag = path.read_bytes().decode("ascii").strip()
+    except (OSError, UnicodeDecodeError):
+        return None
+    return tag if TAG_RE.match(tag) else None
+
+
+def step_tags(ckpt_dir: Path) -> list[str]:
+    """The ``step_N`` folders of ``ckpt_dir``, newest first."""
+    ckpt_dir = Path(ckpt_dir)
+    if not ckpt_dir.is_dir():
+        return []
+    tags = [p.name for p in ckpt_dir.iterdir() if p.is_dir() and TAG_RE.match(p.name)]
+    return sorted(tags, key=lambda t: int(TAG_RE.match(t).group(1)), reverse=True)  # type: ignore[union-attr]
+
+
+def choose_tag(ckpt_dir: Path, tag: str | None = None) -> tuple[str, list[str]]:
+    """The checkpoint to load and the warnings about damaged ones skipped on the way.
+
+    An explicit ``tag`` must verify. Otherwise ``latest`` is tried first, then every older
+    ``step_N`` folder, newest first; the first one whose files match their manifest wins. When
+    ``latest`` is unreadable or names a missing folder, the newest verifying folder wins.
+    """
+    ckpt_dir = Path(ckpt_dir)
+    if tag is not None:
+        if not (ckpt_dir / tag).is_dir():
+            have = step_tags(ckpt_dir)
+            raise SkipxlError(
+                f"--tag {tag}: no such checkpoint in {ckpt_dir}; "
+                + (f"choose one of {have}" if have else "the run has no checkpoint yet")
+            )
+        verdict = integrity.verify(ckpt_dir / tag)
+        if not verdict.ok:
+            raise SkipxlError(f"checkpoint {tag} is damaged: {verdict.problems[0]}; choose another --tag")
+        return tag, []
+    warnings: list[str] = []
+    latest = read_latest(ckpt_dir)
+    candidates = step_tags(ckpt_dir)
+    if latest is None or latest not in candidates:
+        if (ckpt_dir / LATEST).exists():
+            warnings.append(
+                f"{ckpt_dir / LATEST} does not name an existing checkpoint folder; "
+                "using the newest checkpoint that verifies"
+            )
+    else:
+        newer = int(TAG_RE.match(latest).group(1))  # type: ignore[union-attr]
+        candidates = [latest] + [t for t in candidates if int(TAG_RE.match(t).group(1)) < newer]  # type: ignore[union-attr]
+    if not candidates:
+        raise SkipxlError(f"no checkpoint in {ckpt_dir}; train first (a run saves at --save_interval)")
+    problems = []
+    for candidate in candidates:
+        verdict = integrity.verify(ckpt_dir / candidate)
+        if verdict.ok:
+            if problems:
+                warnings.append(f"damaged checkpoint(s) skipped: {'; '.join(problems)}; loading {candidate}")
+            return candidate, warnings
+        problems.append(f"{candidate}: {verdict.problems[0]}")
+    raise SkipxlError(
+        f"no intact checkpoint in {ckpt_dir} ({'; '.join(problems)}); restore the files or start a new run"
+    )
 
 
 def _write_latest(ckpt_dir: Path, tag: str) -> None:
@@ -100,7 +165,7 @@ def _prune(ckpt_dir: Path, keep: int, protect: str) -> None:
     for tag in tags[:-keep] if keep > 0 else []:
         if tag != protect:
             shutil.rmtree(Path(ckpt_dir) / tag, ignore_errors=True)
-    for stale in Path(ckpt_dir).glob("tmp_step_*"):
+    for stale in [*Path(ckpt_dir).glob("tmp_step_*"), *Path(ckpt_dir).glob("trash_step_*")]:
         if stale.is_dir() and stale.name != f"tmp_{protect}":
             shutil.rmtree(stale, ignore_errors=True)
 
@@ -139,14 +204,14 @@ def save(
     # One process per node finalises (on a shared file system the first one wins; the rename of
     # a folder that is already gone is harmless).
     if local_rank == 0 and (ckpt_dir / tmp_tag).is_dir():
+        integrity.write_manifest(ckpt_dir / tmp_tag, {"step": step})
         final = ckpt_dir / tag
-        if final.exists() and read_latest(ckpt_dir) != tag:
-            shutil.rmtree(final)
-        if not final.exists():
-            with contextlib.suppress(FileNotFoundError):
-                os.replace(ckpt_dir / tmp_tag, final)
-        else:  # the same step was saved before (e.g. a signal right after a periodic save)
-            shutil.rmtree(ckpt_dir / tmp_tag, ignore_errors=True)
+        if final.exists():  # from an earlier process (a resume that fell back past it): replace it
+            trash = ckpt_dir / f"trash_{tag}"
+            shutil.rmtree(trash, ignore_errors=True)
+            os.replace(final, trash)
+        with contextlib.suppress(FileNotFoundError):
+            os.replace(ckpt_dir / tmp_tag, final)
         _write_latest(ckpt_dir, tag)
         _prune(ckpt_dir, keep, protect=tag)
     _barrier()
@@ -165,30 +230,43 @@ def _check_readable(path: Path) -> None:
 
 
 def resolve_tag(ckpt_dir: Path, tag: str | None = None) -> str:
-    """The tag to load (``latest`` when None), with a clear error when there is none."""
-    ckpt_dir = Path(ckpt_dir)
-    tag = tag or read_latest(ckpt_dir)
-    if tag is None:
-        raise SkipxlError(f"no checkpoint in {ckpt_dir} (no '{LATEST}' file); train first or drop --resume")
-    if not (ckpt_dir / tag).is_dir():
-        raise SkipxlError(
-            f"checkpoint {ckpt_dir / tag} named by '{LATEST}' is missing; "
-            f"fix {ckpt_dir / LATEST} to name an existing step folder"
-        )
+    """The tag to read (:func:`choose_tag`; its warnings go to stderr)."""
+    import sys
+
+    tag, warnings = choose_tag(ckpt_dir, tag)
+    for warning in warnings:
+        print(f"warning: {warning}", file=sys.stderr)
     return tag
 
 
 def load(
-    engine: Any, ckpt_dir: Path, *, rank: int, map_location: Any = "cpu", tag: str | None = None
+    engine: Any,
+    ckpt_dir: Path,
+    *,
+    rank: int,
+    map_location: Any = "cpu",
+    tag: str | None = None,
+    world_size: int | None = None,
 ) -> tuple[dict[str, Any], dict[str, Any], str]:
-    """Load the latest checkpoint into ``engine`` (collective); return (client_state, rank_state, tag)."""
+    """Load the newest intact checkpoint into ``engine`` (collective); return (client_state,
+    rank_state, tag). Warnings about skipped damaged checkpoints go to stderr on rank 0."""
+    import sys
+
     ckpt_dir = Path(ckpt_dir)
-    tag = resolve_tag(ckpt_dir, tag)
+    tag, warnings = choose_tag(ckpt_dir, tag)
+    for warning in warnings if rank == 0 else []:
+        print(f"warning: {warning}", file=sys.stderr)
+    saved_by = integrity.verify(ckpt_dir / tag, hash_content=False).rank_files()
+    if world_size is not None and saved_by and saved_by != world_size:
+        raise SkipxlError(
+            f"checkpoint {ckpt_dir / tag} was saved by {saved_by} processes; resume it with "
+            f"{saved_by} (now {world_size}): changing the world size is not supported"
+        )
     rank_path = ckpt_dir / tag / RANK_FILE.format(rank=rank)
     if not rank_path.is_file():
         raise SkipxlError(
-            f"checkpoint {ckpt_dir / tag} has no state for rank {rank} ({rank_path.name}); "
-            "resume with the same number of processes that saved it"
+            f"checkpoint {ckpt_dir / tag} has no state for rank {rank} ({rank_path.name} is missing); "
+            "resume with the same number of processes that saved it, or from an older checkpoint"
         )
     for model_file in sorted((ckpt_dir / tag).glob("*model_states.pt")):
         _check_readable(model_file)
@@ -342,6 +420,7 @@ def export(
         raise SkipxlError(f"unknown export --format {format!r}; choose one of {EXPORT_FORMATS}")
     run_dir = Path(run_dir)
     config = load_json(run_dir / rd.CONFIG)
+    tag = resolve_tag(run_dir / rd.CHECKPOINTS, tag)
     state = fp32_state_dict(run_dir / rd.CHECKPOINTS, tag)
     out = Path(out) if out is not None else run_dir / rd.EXPORT
     out.mkdir(parents=True, exist_ok=True)
@@ -369,7 +448,7 @@ def export(
             "preset": config.get("preset"),
             "format": format,
             "source_run": str(run_dir.resolve()),
-            "checkpoint": resolve_tag(run_dir / rd.CHECKPOINTS, tag),
+            "checkpoint": tag,
             "extra_state": extra_state,
         },
         out / "config.json",

@@ -41,6 +41,9 @@ class TrainConfig:
         log_interval / eval_interval / save_interval: cadence in optimizer steps
             (0 disables periodic validation / checkpoints; the end of training always does both).
         val_max_batches: cap on validation segments per stream during training (None = all).
+        collective_timeout_s: how long a rank waits for its peers (a collective, a heartbeat)
+            before it stops with an error naming the rank that does not answer (multi-rank only;
+            see :mod:`skipxl.engine.watchdog`).
         profile_memory: attach :class:`skipxl.profiling.MemoryProfiler` on rank 0: per-step
             saved-activation / mems / model-state bytes under ``memory/`` in JSONL and TensorBoard.
         keep_checkpoints: how many step checkpoints to keep (the newest ones).
@@ -86,6 +89,7 @@ class TrainConfig:
     profile_memory: bool = False
     dlt: DLTConfig | None = None
     compile: str = "none"
+    collective_timeout_s: float = 600.0
 
     def __post_init__(self) -> None:
         require(self.global_batch >= 1, f"global_batch must be >= 1, got {self.global_batch}")
@@ -120,6 +124,10 @@ class TrainConfig:
         require(
             self.val_max_batches is None or self.val_max_batches >= 1,
             f"val_max_batches must be >= 1 or unset, got {self.val_max_batches}",
+        )
+        require(
+            self.collective_timeout_s > 0,
+            f"collective_timeout_s must be > 0 seconds, got {self.collective_timeout_s}",
         )
         require(self.keep_checkpoints >= 1, f"keep_checkpoints must be >= 1, got {self.keep_checkpoints}")
         require(

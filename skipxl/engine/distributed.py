@@ -88,6 +88,14 @@ def agree(local: bool, device: torch.device | str = "cpu") -> bool:
     return bool(all_reduce(flag, "max").item() > 0)
 
 
+def agree_max(local: int, device: torch.device | str = "cpu") -> int:
+    """The largest of every rank's ``local`` (e.g. the stop reason: a signal number, 0 = none)."""
+    if not is_distributed() or torch.distributed.get_world_size() == 1:
+        return local
+    value = torch.tensor([float(local)], device=collective_device(device))
+    return int(all_reduce(value, "max").item())
+
+
 def seed_everything(seed: int, deterministic: bool = False) -> None:
     """Seed python, numpy and torch; optionally ask PyTorch for deterministic kernels."""
     random.seed(seed)

@@ -127,7 +127,9 @@ def evaluate_run(
     """Score a run folder's latest checkpoint on ``split`` with its EvalConfig plus ``overrides``.
 
     One process, no DeepSpeed: the weights are consolidated to fp32 (any ZeRO stage).
-    Saves ``RUN_DIR/eval_<split>_tgt<T>_mem<M>_clamp<C>_same<0|1>.json`` and returns the row.
+    Saves ``RUN_DIR/eval_<split>_<tag>_tgt<T>_mem<M>_clamp<C>_same<0|1>_ext<E>_bs<B>[_batches<N>].json``
+    (named by everything that defines the number, so no evaluation overwrites another) and
+    returns the row.
     """
     import dataclasses as dc
     from pathlib import Path
@@ -147,6 +149,7 @@ def evaluate_run(
         raise SkipxlError(
             f"{run_dir} is not a run folder (no config.json); pass the --out folder of a training run"
         )
+    dev = _device(device)
     cfg = run_config_from_dict(load_json(run_dir / CONFIG))
     protocol = dc.replace(cfg.eval, **(overrides or {}))  # validated here, before any work
     ckpt_dir = run_dir / CHECKPOINTS
@@ -154,7 +157,6 @@ def evaluate_run(
     corpus = load_corpus(cfg.data)
     model = TransformerXL(cfg.model)
     model.load_state_dict(fp32_state_dict(ckpt_dir, tag))
-    dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     model.to(dev)
     level = metric_level(corpus.vocab.level)
     result = evaluate_split(
@@ -172,9 +174,26 @@ def evaluate_run(
         row["max_batches"] = max_batches
     if save:
         name = (
-            f"eval_{split}_tgt{protocol.tgt_len}_mem{protocol.mem_len}_clamp{protocol.clamp_len}"
-            f"_same{int(protocol.same_length)}.json"
+            f"eval_{split}_{tag}_tgt{protocol.tgt_len}_mem{protocol.mem_len}_clamp{protocol.clamp_len}"
+            f"_same{int(protocol.same_length)}_ext{protocol.ext_len}_bs{protocol.batch_size}"
+            + ("" if max_batches is None else f"_batches{max_batches}")
+            + ".json"
         )
         save_json(row, run_dir / name)
         row["saved_to"] = str(run_dir / name)
     return row
+
+
+def _device(device: str | None) -> torch.device:
+    """``--device`` checked before any work: a known device that this machine has."""
+    if device is None:
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, ValueError):
+        raise SkipxlError(f"unknown --device {device!r}; choose cpu or cuda (or cuda:N)") from None
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise SkipxlError(f"--device {device}: this machine has no usable CUDA GPU; pass --device cpu")
+    if dev.type not in ("cpu", "cuda"):
+        raise SkipxlError(f"--device {device}: choose cpu or cuda")
+    return dev

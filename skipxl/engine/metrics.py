@@ -65,10 +65,11 @@ def truncate_metrics(run_dir: Path, step: int) -> None:
     if not path.is_file():
         return
     keep = []
-    for line in path.read_text().splitlines():
+    for line in path.read_bytes().decode("utf-8", errors="replace").splitlines():
         try:
             row = json.loads(line)
-        except json.JSONDecodeError:
+            int(row.get("step", 0))
+        except (ValueError, TypeError, AttributeError):  # a torn or damaged line: the log keeps the rest
             continue
         if int(row.get("step", 0)) <= step:
             keep.append(dumps(row, sort_keys=True))

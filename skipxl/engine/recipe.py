@@ -342,6 +342,8 @@ def build_config(
                 f"recipe {recipe} needs --data_dir <folder with the {corpus} files> "
                 "(see README: getting the datasets), or --corpus builtin for a smoke test"
             )
+        if Path(path).expanduser().is_file():
+            raise SkipxlError(f"--data_dir {path} is a file; pass the folder that holds the {corpus} files")
         if not Path(path).expanduser().is_dir():
             raise SkipxlError(
                 f"--data_dir {path} does not exist; download the {corpus} files there first "

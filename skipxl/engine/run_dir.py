@@ -10,7 +10,8 @@ Layout (``RUN_DIR/``)::
     tb/              TensorBoard events (rank 0)
     checkpoints/     DeepSpeed checkpoints, one folder per step, ``latest`` names the newest good one
     export/          plain fp32 state_dict + config.json (``skipxl export``)
-    eval_*.json      results of ``skipxl eval`` with the protocol in the file name
+    eval_*.json      results of ``skipxl eval``, named by split, checkpoint, protocol, batch limit
+    heartbeats/      one file per rank of a multi-rank job (the watchdog's, skipxl.engine.watchdog)
 """
 
 from __future__ import annotations
@@ -77,20 +78,17 @@ def collect_meta(
 
 def check_run_dir(out_dir: Path, *, resume: bool) -> None:
     """Read-only checks, run by every rank before any collective (so all ranks fail alike)."""
-    from skipxl.engine.checkpoint import read_latest
-
     out_dir = Path(out_dir)
+    if out_dir.exists() and not out_dir.is_dir():
+        raise SkipxlError(f"--out {out_dir} is a file, not a folder; choose a folder path")
     has_run = (out_dir / CONFIG).is_file()
     if resume and not has_run:
         raise SkipxlError(
             f"--resume was given but {out_dir} holds no run (no {CONFIG}); "
             "drop --resume to start a new run there"
         )
-    if resume and read_latest(out_dir / CHECKPOINTS) is None:
-        raise SkipxlError(
-            f"--resume was given but {out_dir / CHECKPOINTS} has no complete checkpoint; "
-            "start a new run in another folder"
-        )
+    # --resume of a run killed before its first checkpoint restarts it from step 0 (the trainer
+    # says so); a damaged `latest` or checkpoint is the trainer's to fall back from.
     if not resume and has_run:
         raise SkipxlError(
             f"{out_dir} already holds a run; pass --resume to continue it or choose another --out folder"
@@ -135,7 +133,7 @@ def read_metrics(run_dir: Path) -> list[dict[str, Any]]:
     if not path.is_file():
         return []
     rows = []
-    for line in path.read_text().splitlines():
+    for line in path.read_bytes().decode("utf-8", errors="replace").splitlines():
         line = line.strip()
         if not line:
             continue

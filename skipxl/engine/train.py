@@ -26,6 +26,7 @@ import dataclasses
 import functools
 import os
 import signal
+import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -38,7 +39,7 @@ from skipxl.engine import checkpoint as ckpt
 from skipxl.engine import run_dir as rd
 from skipxl.engine.config import RunConfig, run_config_to_dict
 from skipxl.engine.distributed import (
-    agree,
+    agree_max,
     barrier,
     ensure_accelerator_env,
     ensure_launch_env,
@@ -61,6 +62,7 @@ from skipxl.engine.phases import PhaseController
 from skipxl.engine.policies import Policies, PolicyEvent, StepMetrics, TrainView, paper_policies
 from skipxl.engine.schedule import make_optimizer
 from skipxl.engine.variants import uses_dlt, uses_skip
+from skipxl.engine.watchdog import Watchdog
 from skipxl.errors import SkipxlError
 from skipxl.model import Memory, StepPlan
 from skipxl.profiling import MemoryProfiler
@@ -111,6 +113,10 @@ class StopFlag:
     def _handle(self, signum: int, frame: Any) -> None:
         self.signal = signal.Signals(signum).name
 
+    @property
+    def signum(self) -> int:
+        return int(signal.Signals[self.signal]) if self.signal else 0
+
     def restore(self) -> None:
         for sig, old in self._old.items():
             signal.signal(sig, old)
@@ -128,14 +134,17 @@ def training_policies(cfg: RunConfig) -> Policies:
     return policies
 
 
-def _init_deepspeed(out_dir: Path, is_main: bool) -> None:
+def _init_deepspeed(out_dir: Path, is_main: bool, timeout_s: float) -> None:
+    from datetime import timedelta
+
     import deepspeed
 
     if os.environ.get("SKIPXL_DS_LOG", "warning") != "info":
         import logging
 
         deepspeed.utils.logger.setLevel(logging.WARNING)
-    deepspeed.init_distributed(verbose=False)
+    # twice the watchdog's timeout: the watchdog names the stuck rank first; this is the backstop
+    deepspeed.init_distributed(verbose=False, timeout=timedelta(seconds=2 * timeout_s))
     barrier()
     if is_main:
         out_dir.mkdir(parents=True, exist_ok=True)
@@ -154,7 +163,7 @@ class Trainer:
     def __init__(
         self, cfg: RunConfig, *, resume: bool = False, progress: bool = True, policies: Policies | None = None
     ) -> None:
-        self.cfg, tc, mc = cfg, cfg.train, cfg.model
+        self.cfg, tc = cfg, cfg.train
         self.world = ensure_launch_env()
         ensure_accelerator_env()
         self.micro, self.accum = resolve_batch(
@@ -175,7 +184,21 @@ class Trainer:
                 f"eval batch_size {cfg.eval.batch_size} is not divisible by the world size "
                 f"{self.world.world_size}; pass --eval_batch_size with a multiple of it"
             )
-        _init_deepspeed(self.out_dir, self.world.is_main)
+        _init_deepspeed(self.out_dir, self.world.is_main, tc.collective_timeout_s)
+        self.watchdog = Watchdog(
+            self.out_dir,
+            rank=self.world.rank,
+            world_size=self.world.world_size,
+            timeout_s=tc.collective_timeout_s,
+        ).start()
+        try:
+            self._set_up(resume, progress, policies)
+        except BaseException:
+            self.watchdog.close(failed=True)  # the peers stop now instead of waiting for this rank
+            raise
+
+    def _set_up(self, resume: bool, progress: bool, policies: Policies | None) -> None:
+        cfg, tc, mc = self.cfg, self.cfg.train, self.cfg.model
         self.corpus = self._load_data()
         self.level = metric_level(self.corpus.vocab.level)
         for split, protocol in (("valid", self.val_eval), ("valid", cfg.eval), ("test", cfg.eval)):
@@ -200,8 +223,14 @@ class Trainer:
         self.batches = iter(self.train_iter)
         self.state = TrainState(mems=[None] * self.accum)
         self.last_saved = -1
-        if resume:
+        if resume and ckpt.step_tags(self.out_dir / rd.CHECKPOINTS):
             self.load()
+        elif resume and self.world.is_main:  # killed before its first checkpoint: start again
+            print(
+                f"warning: {self.out_dir} has no checkpoint yet; restarting it from step 0",
+                file=sys.stderr,
+            )
+            truncate_metrics(self.out_dir, 0)
         self._write_run_files()
         self.logger = MetricsLogger(
             self.out_dir,
@@ -382,6 +411,7 @@ class Trainer:
             "micro_batch": self.micro,
             "variant": self.cfg.variant,
             "policies": [p.name for p in self.policies],
+            "schedule": _schedule_fields(self.cfg.train),
         }
         rank = {
             "rng": ckpt.rng_state(),
@@ -398,6 +428,19 @@ class Trainer:
                 f"{client.get('grad_accum')}; resume with the same (now {self.world.world_size} and "
                 f"{self.accum}) so every stream meets its own memory"
             )
+        saved = client.get("schedule")  # absent before issue 17
+        changed = {
+            k: (v, saved[k])
+            for k, v in _schedule_fields(self.cfg.train).items()
+            if saved and saved.get(k) != v
+        }
+        if changed:
+            what = ", ".join(f"{k} {old!r} -> {new!r}" for k, (new, old) in changed.items())
+            raise SkipxlError(
+                f"the training settings differ from the checkpoint's ({what}; was config.json edited?); "
+                "a resume continues the saved schedule exactly, so restore those values or start a new run "
+                "(--config RUN_DIR/config.json --out NEW)"
+            )
         self.state.load_state_dict(rank["train_state"], self.device)
         self.policies.load_state_dict(rank["policies"])
         ckpt.set_rng_state(rank["rng"])
@@ -408,21 +451,34 @@ class Trainer:
         if self.last_saved == self.state.step:
             return
         client, rank = self.state_dict()
-        ckpt.save(
-            self.engine,
-            self.out_dir / rd.CHECKPOINTS,
-            step=self.state.step,
-            client_state=client,
-            rank_state=rank,
-            rank=self.world.rank,
-            local_rank=self.world.local_rank,
-            keep=self.cfg.train.keep_checkpoints,
-        )
+        try:
+            ckpt.save(
+                self.engine,
+                self.out_dir / rd.CHECKPOINTS,
+                step=self.state.step,
+                client_state=client,
+                rank_state=rank,
+                rank=self.world.rank,
+                local_rank=self.world.local_rank,
+                keep=self.cfg.train.keep_checkpoints,
+            )
+        except (OSError, RuntimeError) as exc:  # disk full, quota: the previous checkpoint is untouched
+            # torch.save reports a failed write as a RuntimeError of its zip writer
+            if isinstance(exc, RuntimeError) and not any(w in str(exc) for w in ("write", "unexpected pos")):
+                raise
+            kept = ckpt.read_latest(self.out_dir / rd.CHECKPOINTS) or "none"
+            reason = getattr(exc, "strerror", None) or str(exc).splitlines()[0][:200]
+            raise SkipxlError(
+                f"could not write the checkpoint of step {self.state.step} ({reason}); "
+                f"the previous checkpoint ({kept}) is kept; free space and continue with --resume"
+            ) from exc
         self.last_saved = self.state.step
 
     def load(self) -> None:
         """Resume from the latest checkpoint (collective); metrics logged after it are dropped."""
-        client, rank, tag = ckpt.load(self.engine, self.out_dir / rd.CHECKPOINTS, rank=self.world.rank)
+        client, rank, tag = ckpt.load(
+            self.engine, self.out_dir / rd.CHECKPOINTS, rank=self.world.rank, world_size=self.world.world_size
+        )
         client, rank = ckpt.upgrade(client, rank, tag, [p.name for p in self.policies])
         self.load_state_dict(client, rank)
         self.last_saved = self.state.step
@@ -433,6 +489,11 @@ class Trainer:
     def fit(self, stop_at_step: int | None = None) -> TrainResult:
         """Train to ``max_steps`` (or until a signal / ``stop_at_step``: checkpoint and stop)."""
         tc = self.cfg.train
+        if stop_at_step is not None and not self.state.step < stop_at_step <= tc.max_steps:
+            raise SkipxlError(
+                f"--stop_at_step {stop_at_step} must be after the current step {self.state.step} "
+                f"and at most max_steps={tc.max_steps}"
+            )
         stop = StopFlag()
         stop.install()
         self.engine.train()
@@ -441,7 +502,11 @@ class Trainer:
             while self.state.step < tc.max_steps:
                 self.train_step(self.next_batches())
                 step = self.state.step
-                stop_now = agree(stop.signal is not None or step == stop_at_step, self.device)
+                self.watchdog.beat(step)
+                # every rank learns the same reason (the highest signal number wins), so all stop here
+                local = stop.signum or (1 if step == stop_at_step else 0)
+                reason = agree_max(local, self.device)
+                stop_now = reason > 0
                 if _log_due(step, tc) or stop_now:
                     self.log_window()
                 if tc.eval_interval and step % tc.eval_interval == 0 and step < tc.max_steps:
@@ -450,7 +515,7 @@ class Trainer:
                     self.save()
                 if stop_now:
                     self.save()
-                    who = stop.signal or f"stop_at_step={stop_at_step}"
+                    who = signal.Signals(reason).name if reason > 1 else f"stop_at_step={stop_at_step}"
                     self.logger.write(
                         f"stopped at step {step} ({who}); resume with --resume --out {self.out_dir}"
                     )
@@ -478,7 +543,8 @@ class Trainer:
         }
         save_json(results, self.out_dir / rd.RESULTS)
 
-    def close(self) -> None:
+    def close(self, failed: bool = False) -> None:
+        self.watchdog.close(failed)
         self.profiler.close()
         self.logger.close()
 
@@ -495,9 +561,29 @@ def train(
     """
     trainer = Trainer(cfg, resume=resume, progress=progress)
     try:
-        return trainer.fit(stop_at_step)
-    finally:
-        trainer.close()
+        result = trainer.fit(stop_at_step)
+    except BaseException as exc:
+        trainer.close(failed=not isinstance(exc, KeyboardInterrupt))
+        if _is_peer_failure(exc):
+            raise SkipxlError(
+                f"rank {trainer.world.rank}: a collective failed ({str(exc).splitlines()[0][:200]}); "
+                "a peer process died or did not answer within --collective_timeout_s; resume with --resume"
+            ) from None
+        raise
+    trainer.close()
+    return result
+
+
+def _is_peer_failure(exc: BaseException) -> bool:
+    """A gloo/NCCL error of a multi-rank job (a peer died, a collective timed out), not a bug of ours."""
+    backend_error = getattr(torch.distributed, "DistBackendError", ())
+    return torch.distributed.is_available() and (
+        isinstance(exc, backend_error)
+        or (
+            isinstance(exc, RuntimeError)
+            and any(w in str(exc) for w in ("gloo", "Connection closed", "Timed out"))
+        )
+    )
 
 
 def lm_loss(
@@ -517,6 +603,13 @@ def lm_loss(
     out = model(inputs, targets=targets, mems=mems[a], plan=plan)
     mems[a] = out.mems
     return out.loss
+
+
+def _schedule_fields(tc: Any) -> dict[str, Any]:
+    """The TrainConfig fields a checkpoint's optimizer and lr schedule were built from; a resume
+    with other values would continue neither the old run nor a new one."""
+    names = ("lr", "max_steps", "eta_min", "warmup_steps", "scheduler", "global_batch", "seed")
+    return {name: getattr(tc, name) for name in names}
 
 
 def _log_due(step: int, tc: Any) -> bool:

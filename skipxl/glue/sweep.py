@@ -3,10 +3,11 @@
 Layout: ``<out>/<task>/<label>/seed_<s>/`` where ``label`` is the variant for full fine-tuning
 (``baseline``, ``cross_head``) and the method otherwise (``spartan``, ``lora+cross_head``, ...;
 :func:`~skipxl.glue.finetune.run_label`) (see :mod:`skipxl.glue.runlog` for the files).
-Resuming is the default: a run whose folder holds ``result.json`` (or ``failed.json``) is
-skipped -- after checking that it was trained with the same configuration -- and a folder
-without a marker (a killed run) is wiped and trained again from scratch. Runs are ordered
-seed-major (seed 0: every task, method and variant, then seed 1 ...) so that a sweep stopped early
+Resuming is the default: a run whose folder holds ``result.json`` is skipped -- after checking
+that it was trained with the same configuration -- a run that failed (``failed.json``) is trained
+again (``retry_failed=False`` keeps the failure), and a folder without a marker (a killed run) is
+wiped and trained again from scratch. A sweep with a failed run ends with an error (exit 2). Runs
+are ordered seed-major (seed 0: every task, method and variant, then seed 1 ...) so that a sweep stopped early
 still compares every variant on every task over the same seeds.
 
 Seeds: seed ``s`` gives ``init_seed = s`` and ``data_seed = s`` (separate streams), or a fixed
@@ -111,7 +112,7 @@ class SweepConfig:
     out: str = "runs/glue"
     base: FinetuneConfig = field(default_factory=FinetuneConfig)
     data_seed: int | None = None
-    retry_failed: bool = False
+    retry_failed: bool = True
     lr: float | None = None
     batch_size: int | None = None
 
@@ -369,7 +370,7 @@ def resolve_sweep(
     seeds: Any = "0-4",
     out: str = "runs/glue",
     data_seed: int | None = None,
-    retry_failed: bool = False,
+    retry_failed: bool = True,
     **flags: Any,
 ) -> tuple[SweepConfig, dict[str, Any], int, int]:
     """Flags -> the validated :class:`SweepConfig`, its DeepSpeed JSON, micro-batch and accumulation.
@@ -476,7 +477,7 @@ def main(
     seeds: Any = "0-4",
     out: str = "runs/glue",
     data_seed: int | None = None,
-    retry_failed: bool = False,
+    retry_failed: bool = True
     report: bool = True,
     dry_run: bool = False,
     local_rank: int | None = None,
@@ -524,11 +525,12 @@ def main(
 
                 md, png = parent_report(cfg.out)
                 print(f"parent usage: {md} {png}", flush=True)
-            if "spartan" in cfg.methods:
-                from skipxl.glue.parents import parent_report
-
-                md, png = parent_report(out)
-                print(f"parent usage: {md} {png}", flush=True)
+    if outcome.failed:  # a sweep with failed runs is not a success, whatever its report says
+        first = outcome.failed[0] / FAILED_FILE
+        raise SkipxlError(
+            f"{len(outcome.failed)} of {len(outcome.ran) + len(outcome.failed) + len(outcome.skipped)} "
+            f"runs failed (first: {first}); fix the cause and rerun the command (failed runs are retried)"
+        )
 
 
 if __name__ == "__main__":  # pragma: no cover
