@@ -94,6 +94,8 @@ def json_safe(obj: Any) -> Any:
 def dumps(obj: Any, **kwargs: Any) -> str:
     """``json.dumps`` of :func:`json_safe` ``(obj)``, refusing anything non-strict."""
     return json.dumps(json_safe(obj), allow_nan=False, **kwargs)
+
+
 def _check_scalar(owner: str, name: str, tp: Any, value: Any) -> None:
     """A JSON value of the wrong scalar type (``"max_steps": "abc"``) fails here, naming the field,
     instead of deep inside a ``__post_init__`` comparison."""

@@ -477,7 +477,7 @@ def main(
     seeds: Any = "0-4",
     out: str = "runs/glue",
     data_seed: int | None = None,
-    retry_failed: bool = True
+    retry_failed: bool = True,
     report: bool = True,
     dry_run: bool = False,
     local_rank: int | None = None,
