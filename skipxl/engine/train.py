@@ -203,6 +203,10 @@ class Trainer:
         self.level = metric_level(self.corpus.vocab.level)
         for split, protocol in (("valid", self.val_eval), ("valid", cfg.eval), ("test", cfg.eval)):
             check_split(len(self.corpus.splits[split]), protocol, self.world.world_size)
+        if uses_dlt(cfg.variant):  # refuse before DeepSpeed patches anything (ZeRO-3 wraps F.linear)
+            from skipxl.engine.tying_optim import require_dynamic_parameters
+
+            require_dynamic_parameters(zero_stage_of(self.ds_config), precision_of(self.ds_config))
         self._build_engine()
         self.policies = policies if policies is not None else training_policies(cfg)
         self.policies.bind(
