@@ -68,6 +68,11 @@ def test_misspelt_glue_flag_exits_2_before_any_run_folder(tmp_path):
     assert not out.exists() and not (tmp_path / "runs").exists()
 
 
+@pytest.mark.shared_data
+@pytest.mark.skipif(
+    not (REPO.parent / "shared" / "data" / "glue" / "MRPC").is_dir(),
+    reason="needs ../shared/data/glue (the dry run checks that the GLUE files exist)",
+)
 def test_glue_dry_run_prints_the_sweep_and_its_deepspeed_json(tmp_path):
     res = _glue(
         "--model", "tiny-random", "--seeds", "0-2", "--dry_run", "--out", str(tmp_path / "s"), cwd=tmp_path
