@@ -30,22 +30,22 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
+def rank_env(rank: int, world: int, port: int) -> dict[str, str]:
+    """The child environment of ``rank`` in a one-node job of ``world`` processes (gloo on CPU)."""
+    return clean_env(
+        RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE=str(world), MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port)
+    )
+
+
 def launch_workers(world: int, out: Path, spec: dict[str, Any], timeout: float = 400) -> None:
     """Run tests/ds_worker.py as ``world`` processes (rank env vars, gloo on CPU); raise on failure."""
     port = free_port()
     procs = []
     for rank in range(world):
-        env = clean_env(
-            RANK=str(rank),
-            LOCAL_RANK=str(rank),
-            WORLD_SIZE=str(world),
-            MASTER_ADDR="127.0.0.1",
-            MASTER_PORT=str(port),
-        )
         procs.append(
             subprocess.Popen(
                 [sys.executable, str(REPO / "tests" / "ds_worker.py"), str(out), json.dumps(spec)],
-                env=env,
+                env=rank_env(rank, world, port),
                 stdout=subprocess.PIPE,
                 stderr=subprocess.STDOUT,
                 text=True,
@@ -112,17 +112,10 @@ def launch_cli(world: int, *args: str, port: int | None = None) -> list[subproce
     port = port or free_port()
     procs = []
     for rank in range(world):
-        env = clean_env(
-            RANK=str(rank),
-            LOCAL_RANK=str(rank),
-            WORLD_SIZE=str(world),
-            MASTER_ADDR="127.0.0.1",
-            MASTER_PORT=str(port),
-        )
         procs.append(
             subprocess.Popen(
                 [sys.executable, "-m", "skipxl.cli", *args],
-                env=env,
+                env=rank_env(rank, world, port),
                 cwd=REPO,
                 stdout=subprocess.PIPE,
                 stderr=subprocess.STDOUT,

@@ -182,6 +182,7 @@ def save(
     rank_state: dict[str, Any],
     rank: int,
     local_rank: int,
+    world_size: int = 1,
     keep: int = 2,
 ) -> str:
     """Save a checkpoint on every rank (collective); return its tag.
@@ -204,7 +205,7 @@ def save(
     # One process per node finalises (on a shared file system the first one wins; the rename of
     # a folder that is already gone is harmless).
     if local_rank == 0 and (ckpt_dir / tmp_tag).is_dir():
-        integrity.write_manifest(ckpt_dir / tmp_tag, {"step": step})
+        integrity.write_manifest(ckpt_dir / tmp_tag, {"step": step, "world_size": world_size})
         final = ckpt_dir / tag
         if final.exists():  # from an earlier process (a resume that fell back past it): replace it
             trash = ckpt_dir / f"trash_{tag}"
@@ -239,57 +240,87 @@ def resolve_tag(ckpt_dir: Path, tag: str | None = None) -> str:
     return tag
 
 
+def saved_world_size(folder: Path) -> int:
+    """How many ranks wrote checkpoint ``folder``: its manifest's per-rank files (the files on
+    disk for a checkpoint written before manifests)."""
+    verdict = integrity.verify(folder, hash_content=False)
+    if verdict.has_manifest:
+        return verdict.rank_files()
+    return len(list(Path(folder).glob(RANK_FILE.replace("{rank:05d}", "*"))))
+
+
+def _load_rank_file(folder: Path, rank: int, map_location: Any) -> dict[str, Any]:
+    path = folder / RANK_FILE.format(rank=rank)
+    if not path.is_file():
+        raise SkipxlError(
+            f"checkpoint {folder} has no state for rank {rank} ({path.name} is missing); "
+            "restore the file or resume from an older checkpoint"
+        )
+    try:
+        return torch.load(path, map_location=map_location, weights_only=False)
+    except Exception as exc:
+        raise SkipxlError(
+            f"checkpoint file {path} is unreadable ({type(exc).__name__}: {exc}); "
+            "delete that checkpoint folder and point 'latest' at an older one"
+        ) from exc
+
+
 def load(
     engine: Any,
     ckpt_dir: Path,
     *,
+    tag: str,
     rank: int,
+    world_size: int,
+    accum: int,
     map_location: Any = "cpu",
-    tag: str | None = None,
-    world_size: int | None = None,
-) -> tuple[dict[str, Any], dict[str, Any], str]:
-    """Load the newest intact checkpoint into ``engine`` (collective); return (client_state,
-    rank_state, tag). Warnings about skipped damaged checkpoints go to stderr on rank 0."""
-    import sys
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Load checkpoint ``tag`` (chosen and verified by :func:`choose_tag`) into ``engine``
+    (collective); return ``(client_state, rank_state)``.
 
-    ckpt_dir = Path(ckpt_dir)
-    tag, warnings = choose_tag(ckpt_dir, tag)
-    for warning in warnings if rank == 0 else []:
-        print(f"warning: {warning}", file=sys.stderr)
-    saved_by = integrity.verify(ckpt_dir / tag, hash_content=False).rank_files()
-    if world_size is not None and saved_by and saved_by != world_size:
-        raise SkipxlError(
-            f"checkpoint {ckpt_dir / tag} was saved by {saved_by} processes; resume it with "
-            f"{saved_by} (now {world_size}): changing the world size is not supported"
-        )
-    rank_path = ckpt_dir / tag / RANK_FILE.format(rank=rank)
-    if not rank_path.is_file():
-        raise SkipxlError(
-            f"checkpoint {ckpt_dir / tag} has no state for rank {rank} ({rank_path.name} is missing); "
-            "resume with the same number of processes that saved it, or from an older checkpoint"
-        )
-    for model_file in sorted((ckpt_dir / tag).glob("*model_states.pt")):
+    A checkpoint saved by another number of ranks, or with another number of micro-steps per
+    rank, is resharded (:mod:`skipxl.engine.reshard`): every rank reads all per-rank files and
+    takes its own streams' memories. Under ZeRO 1-3 the engine must then have been built to read
+    the universal form that :func:`~skipxl.engine.reshard.to_universal` wrote.
+    """
+    from skipxl.engine import reshard
+
+    folder = Path(ckpt_dir) / tag
+    saved_by = saved_world_size(folder)
+    if saved_by == 0:
+        raise SkipxlError(f"checkpoint {folder} has no per-rank state files; resume from an older checkpoint")
+    for model_file in sorted(folder.glob("*model_states.pt")):
         _check_readable(model_file)
+    load_dir = Path(ckpt_dir)
+    if saved_by != world_size and engine.zero_optimization():
+        if not engine.load_universal_checkpoint():
+            raise SkipxlError(
+                f"internal: checkpoint {folder} comes from {saved_by} ranks but the engine was not "
+                "built to load a universal checkpoint (ds_config checkpoint.load_universal)"
+            )
+        load_dir = load_dir / reshard.UNIVERSAL
     try:
-        load_path, client_state = engine.load_checkpoint(str(ckpt_dir), tag=tag)
+        load_path, client_state = engine.load_checkpoint(str(load_dir), tag=tag)
     except SkipxlError:
         raise
     except Exception as exc:
         raise SkipxlError(
-            f"DeepSpeed could not load checkpoint {ckpt_dir / tag} "
+            f"DeepSpeed could not load checkpoint {folder} "
             f"({type(exc).__name__}: {exc}); the files are damaged or from another "
-            "configuration (ZeRO stage / world size)"
+            "configuration (ZeRO stage)"
         ) from exc
     if load_path is None:
-        raise SkipxlError(f"DeepSpeed found no checkpoint at {ckpt_dir / tag}")
-    try:
-        rank_state = torch.load(rank_path, map_location=map_location, weights_only=False)
-    except Exception as exc:
+        raise SkipxlError(f"DeepSpeed found no checkpoint at {folder}")
+    client_state = client_state or {}
+    if client_state.get("world_size", saved_by) != saved_by:
         raise SkipxlError(
-            f"checkpoint file {rank_path} is unreadable ({type(exc).__name__}: {exc}); "
-            "delete that checkpoint folder and point 'latest' at an older one"
-        ) from exc
-    return client_state or {}, rank_state, tag
+            f"checkpoint {folder} was saved by {client_state['world_size']} ranks but holds "
+            f"{saved_by} per-rank files; restore the missing files or resume from an older checkpoint"
+        )
+    if saved_by == world_size and client_state.get("grad_accum", accum) == accum:
+        return client_state, _load_rank_file(folder, rank, map_location)
+    states = [_load_rank_file(folder, r, map_location) for r in range(saved_by)]
+    return client_state, reshard.reshard(states, world_size, accum)[rank]
 
 
 def upgrade(

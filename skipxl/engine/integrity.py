@@ -64,6 +64,8 @@ class Verdict:
     has_manifest: bool = True
     problems: list[str] = field(default_factory=list)
     files: dict[str, Any] = field(default_factory=dict)
+    #: the world size the manifest records (None before resumes on other world sizes existed)
+    world_size: int | None = None
 
     @property
     def ok(self) -> bool:
@@ -96,6 +98,7 @@ def verify(folder: Path, *, hash_content: bool = True) -> Verdict:
         verdict.problems.append(f"{path} is unreadable (not the JSON manifest skipxl writes)")
         return verdict
     verdict.files = files
+    verdict.world_size = manifest.get("world_size") if isinstance(manifest.get("world_size"), int) else None
     for name, entry in sorted(files.items()):
         target = folder / name
         if not target.is_file():

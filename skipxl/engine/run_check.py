@@ -89,8 +89,9 @@ def _check_checkpoints(run_dir: Path, world_size: int | None, report: RunReport)
             )
             continue
         problems = list(verdict.problems)
-        if world_size and not problems and verdict.rank_files() != world_size:
-            problems.append(f"{verdict.rank_files()} per-rank files for a world of {world_size}")
+        saved_by = verdict.world_size or world_size  # a resume may change the world (reshard)
+        if saved_by and not problems and verdict.rank_files() != saved_by:
+            problems.append(f"{verdict.rank_files()} per-rank files for a world of {saved_by}")
         if problems:
             report.damage.extend(f"{tag}: {p}" for p in problems)
         else:

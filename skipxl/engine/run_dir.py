@@ -107,13 +107,13 @@ def write_ds_config(out_dir: Path, ds_config: dict[str, Any]) -> None:
 
 
 def write_meta(out_dir: Path, meta: dict[str, Any]) -> None:
-    """Write ``meta.json``; a resumed run appends its own record under ``resumes``."""
+    """Write ``meta.json``; a resumed run appends its own record under ``resumes`` (with its world
+    size and batch layout, and ``resharded_from`` when it changed the world size)."""
     path = Path(out_dir) / META
     if path.is_file():
         old = load_json(path)
-        old.setdefault("resumes", []).append(
-            {k: meta[k] for k in ("command", "time", "world_size", "git_hash", "hostname")}
-        )
+        keys = ("command", "time", "world_size", "micro_batch", "grad_accum", "resharded_from", "git_hash", "hostname")
+        old.setdefault("resumes", []).append({k: meta[k] for k in keys if k in meta})
         meta = old
     save_json(meta, path)
 

@@ -32,6 +32,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 
 from skipxl.config_io import save_json
@@ -207,6 +208,8 @@ class Trainer:
             from skipxl.engine.tying_optim import require_dynamic_parameters
 
             require_dynamic_parameters(zero_stage_of(self.ds_config), precision_of(self.ds_config))
+        self.universal, self.resharded_from = False, None  # set by a resume on another world size
+        self.resume_tag = self._choose_checkpoint() if resume else None
         self._build_engine()
         self.policies = policies if policies is not None else training_policies(cfg)
         self.policies.bind(
@@ -227,7 +230,7 @@ class Trainer:
         self.batches = iter(self.train_iter)
         self.state = TrainState(mems=[None] * self.accum)
         self.last_saved = -1
-        if resume and ckpt.step_tags(self.out_dir / rd.CHECKPOINTS):
+        if self.resume_tag is not None:
             self.load()
         elif resume and self.world.is_main:  # killed before its first checkpoint: start again
             print(
@@ -252,6 +255,36 @@ class Trainer:
         self.t_last = time.perf_counter()
 
     # ------------------------------------------------------------------ set-up
+    def _choose_checkpoint(self) -> str | None:
+        """The checkpoint a resume loads (verified; warnings about damaged ones on rank 0), or
+        None when the run has none yet. Before the engine exists: a ZeRO checkpoint from another
+        world size is converted to DeepSpeed's universal form here (by rank 0), and the engine is
+        then built to read it (:mod:`skipxl.engine.reshard`)."""
+        ckpt_dir = self.out_dir / rd.CHECKPOINTS
+        if not ckpt.step_tags(ckpt_dir):
+            return None
+        tag, warnings = ckpt.choose_tag(ckpt_dir)
+        for warning in warnings if self.world.is_main else []:
+            print(f"warning: {warning}", file=sys.stderr)
+        saved_by = ckpt.saved_world_size(ckpt_dir / tag)
+        if saved_by not in (0, self.world.world_size):
+            self.resharded_from = {"checkpoint": tag, "world_size": saved_by}
+            self.universal = zero_stage_of(self.ds_config) > 0
+            if self.world.is_main:
+                print(
+                    f"warning: checkpoint {tag} was saved by {saved_by} ranks; resuming on "
+                    f"{self.world.world_size}: every stream keeps its memory and data position "
+                    "(losses continue to float rounding, see skipxl.engine.reshard)",
+                    file=sys.stderr,
+                )
+        if self.universal:
+            from skipxl.engine import reshard
+
+            if self.world.is_main:
+                reshard.to_universal(ckpt_dir, tag)
+            barrier()
+        return tag
+
     def _load_data(self) -> Any:
         """Load (and on first use encode) the corpus; local rank 0 first so the cache is built once."""
         from skipxl.data import load_corpus
@@ -279,9 +312,10 @@ class Trainer:
         self.n_params = model.num_parameters()
         seed_everything(tc.seed + tc.rank_seed_offset * self.world.rank, tc.deterministic)
         optimizer, self.scheduler = make_optimizer(model.parameters(), tc)
-        self.engine = build_engine(
-            model, optimizer, self.ds_config, self.scheduler, skip_single_process_allreduce=True
-        )
+        ds_config = self.ds_config
+        if self.universal:  # the resumed ZeRO checkpoint comes from another world size
+            ds_config = {**ds_config, "checkpoint": {**ds_config.get("checkpoint", {}), "load_universal": True}}
+        self.engine = build_engine(model, optimizer, ds_config, self.scheduler, skip_single_process_allreduce=True)
         self.module, self.device = self.engine.module, self.engine.device
         self.precision, self.zero_stage = precision_of(self.ds_config), zero_stage_of(self.ds_config)
 
@@ -304,6 +338,8 @@ class Trainer:
             "level": self.level,
             "policies": [p.name for p in self.policies],
         }
+        if self.resharded_from is not None:
+            extra["resharded_from"] = self.resharded_from
         meta = rd.collect_meta(world_size=self.world.world_size, seeds=seeds, extra=extra)
         rd.write_meta(self.out_dir, meta)
 
@@ -426,12 +462,8 @@ class Trainer:
         return client, rank
 
     def load_state_dict(self, client: dict[str, Any], rank: dict[str, Any]) -> None:
-        if client.get("world_size") != self.world.world_size or client.get("grad_accum") != self.accum:
-            raise SkipxlError(
-                f"the checkpoint was saved with world size {client.get('world_size')} and grad_accum "
-                f"{client.get('grad_accum')}; resume with the same (now {self.world.world_size} and "
-                f"{self.accum}) so every stream meets its own memory"
-            )
+        """Continue from a ``(client_state, rank_state)`` pair; the rank state has this rank's
+        layout (:func:`~skipxl.engine.checkpoint.load` reshards one from another world size)."""
         saved = client.get("schedule")  # absent before issue 17
         changed = {
             k: (v, saved[k])
@@ -447,7 +479,11 @@ class Trainer:
             )
         self.state.load_state_dict(rank["train_state"], self.device)
         self.policies.load_state_dict(rank["policies"])
-        ckpt.set_rng_state(rank["rng"])
+        if rank["rng"] is not None:
+            ckpt.set_rng_state(rank["rng"])
+        else:  # a rank the saved world did not have: its own dropout stream from (seed, rank, step)
+            seed = np.random.SeedSequence([self.cfg.train.seed, self.world.rank, self.state.step])
+            seed_everything(int(seed.generate_state(1)[0]), self.cfg.train.deterministic)
         self.train_iter.load_state_dict(rank["iterator"])
 
     def save(self) -> None:
@@ -464,6 +500,7 @@ class Trainer:
                 rank_state=rank,
                 rank=self.world.rank,
                 local_rank=self.world.local_rank,
+                world_size=self.world.world_size,
                 keep=self.cfg.train.keep_checkpoints,
             )
         except (OSError, RuntimeError) as exc:  # disk full, quota: the previous checkpoint is untouched
@@ -480,11 +517,19 @@ class Trainer:
 
     def load(self) -> None:
         """Resume from the latest checkpoint (collective); metrics logged after it are dropped."""
-        client, rank, tag = ckpt.load(
-            self.engine, self.out_dir / rd.CHECKPOINTS, rank=self.world.rank, world_size=self.world.world_size
+        assert self.resume_tag is not None
+        tag, ckpt_dir = self.resume_tag, self.out_dir / rd.CHECKPOINTS
+        client, rank = ckpt.load(
+            self.engine, ckpt_dir, tag=tag, rank=self.world.rank, world_size=self.world.world_size, accum=self.accum
         )
         client, rank = ckpt.upgrade(client, rank, tag, [p.name for p in self.policies])
         self.load_state_dict(client, rank)
+        if self.universal:
+            from skipxl.engine import reshard
+
+            barrier()
+            if self.world.is_main:
+                reshard.remove_universal(ckpt_dir)
         self.last_saved = self.state.step
         if self.world.is_main:
             truncate_metrics(self.out_dir, self.state.step)
