@@ -32,9 +32,8 @@ def free_port() -> int:
 
 def rank_env(rank: int, world: int, port: int) -> dict[str, str]:
     """The child environment of ``rank`` in a one-node job of ``world`` processes (gloo on CPU)."""
-    return clean_env(
-        RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE=str(world), MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port)
-    )
+    ranks = {"RANK": str(rank), "LOCAL_RANK": str(rank), "WORLD_SIZE": str(world)}
+    return clean_env(**ranks, MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
 
 
 def launch_workers(world: int, out: Path, spec: dict[str, Any], timeout: float = 400) -> None:

@@ -93,7 +93,8 @@ def test_empty_memories_stay_empty():
 
 def test_split_is_the_inverse_of_gather():
     full = stream_memory()
-    mem = Memory(tuple(full[layer] for layer in range(N_LAYER)), tuple(torch.arange(4) for _ in range(N_LAYER)), 4)
+    positions = tuple(torch.arange(4) for _ in range(N_LAYER))
+    mem = Memory(tuple(full[layer] for layer in range(N_LAYER)), positions, 4)
     again = gather_memories(split_memory(mem, 4))
     assert again is not None
     assert all(torch.equal(x, y) for x, y in zip(again.states, mem.states, strict=True))
@@ -103,7 +104,8 @@ def test_split_is_the_inverse_of_gather():
 def _mutate(states: list[dict], what: str) -> None:
     if what == "positions":
         m = states[1]["train_state"]["mems"][0]
-        states[1]["train_state"]["mems"][0] = Memory(m.states, tuple(p + 1 for p in m.positions), m.next_position)
+        moved = tuple(p + 1 for p in m.positions)
+        states[1]["train_state"]["mems"][0] = Memory(m.states, moved, m.next_position)
     elif what == "none":
         states[1]["train_state"]["mems"][0] = None
     elif what == "iterator":

@@ -190,10 +190,10 @@ def to_universal(ckpt_dir: Path, tag: str) -> Path:
             ds_to_universal.main(args)
     except Exception as exc:
         shutil.rmtree(tmp, ignore_errors=True)
+        reason = (str(exc).splitlines() or [""])[0][:200]
         raise SkipxlError(
             f"DeepSpeed could not convert checkpoint {Path(ckpt_dir) / tag} to a universal checkpoint "
-            f"({type(exc).__name__}: {str(exc).splitlines()[0][:200] if str(exc) else ''}); "
-            "resume it with the world size that saved it"
+            f"({type(exc).__name__}: {reason}); resume it with the world size that saved it"
         ) from exc
     os.replace(tmp, final)
     return root

@@ -112,7 +112,8 @@ def write_meta(out_dir: Path, meta: dict[str, Any]) -> None:
     path = Path(out_dir) / META
     if path.is_file():
         old = load_json(path)
-        keys = ("command", "time", "world_size", "micro_batch", "grad_accum", "resharded_from", "git_hash", "hostname")
+        keys = ("command", "time", "world_size", "micro_batch", "grad_accum", "resharded_from")
+        keys += ("git_hash", "hostname")
         old.setdefault("resumes", []).append({k: meta[k] for k in keys if k in meta})
         meta = old
     save_json(meta, path)

@@ -314,8 +314,11 @@ class Trainer:
         optimizer, self.scheduler = make_optimizer(model.parameters(), tc)
         ds_config = self.ds_config
         if self.universal:  # the resumed ZeRO checkpoint comes from another world size
-            ds_config = {**ds_config, "checkpoint": {**ds_config.get("checkpoint", {}), "load_universal": True}}
-        self.engine = build_engine(model, optimizer, ds_config, self.scheduler, skip_single_process_allreduce=True)
+            checkpoint = {**ds_config.get("checkpoint", {}), "load_universal": True}
+            ds_config = {**ds_config, "checkpoint": checkpoint}
+        self.engine = build_engine(
+            model, optimizer, ds_config, self.scheduler, skip_single_process_allreduce=True
+        )
         self.module, self.device = self.engine.module, self.engine.device
         self.precision, self.zero_stage = precision_of(self.ds_config), zero_stage_of(self.ds_config)
 
@@ -519,8 +522,9 @@ class Trainer:
         """Resume from the latest checkpoint (collective); metrics logged after it are dropped."""
         assert self.resume_tag is not None
         tag, ckpt_dir = self.resume_tag, self.out_dir / rd.CHECKPOINTS
+        world = self.world
         client, rank = ckpt.load(
-            self.engine, ckpt_dir, tag=tag, rank=self.world.rank, world_size=self.world.world_size, accum=self.accum
+            self.engine, ckpt_dir, tag=tag, rank=world.rank, world_size=world.world_size, accum=self.accum
         )
         client, rank = ckpt.upgrade(client, rank, tag, [p.name for p in self.policies])
         self.load_state_dict(client, rank)
