@@ -137,6 +137,21 @@ def test_runs_check_reports_damage_without_changing_the_folder(base, tmp_path, c
     assert main(["runs", "check", str(tmp_path / "none")]) == 2
 
 
+def test_a_resume_keeps_damaged_metrics_lines_aside_and_says_so(base, tmp_path, capsys):
+    run = _copy(base, tmp_path)
+    lines = (run / "metrics.jsonl").read_bytes().splitlines(keepends=True)
+    bad = b'{"step": 1, "x": "\xff"}\n'
+    (run / "metrics.jsonl").write_bytes(b"".join([*lines[:1], bad, *lines[1:]]) + b'{"step": 9, "torn')
+    shutil.rmtree(run / "checkpoints" / "step_00000004")
+    (run / "checkpoints" / "latest").write_text("step_00000002")
+    train(tiny_config(run, **KW), progress=False, resume=True)
+    err = capsys.readouterr().err
+    assert "warning: 1 damaged line(s)" in err and "metrics.jsonl.damaged" in err
+    assert (run / "metrics.jsonl.damaged").read_bytes() == bad  # kept byte for byte; the torn tail is dropped
+    rows = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows if "train/loss" in r] == [1, 2, 3, 4]
+
+
 def test_missing_rank_file_of_a_manifest_checkpoint_is_named(base, tmp_path, capsys):
     run = _copy(base, tmp_path)
     (run / "checkpoints" / "step_00000004" / "skipxl_rank_00000.pt").unlink()

@@ -96,17 +96,15 @@ def cli_args(out: Path, **extra: Any) -> list[str]:
 
 
 def launch(world: int, args: list[str], preexec: Any = None) -> list[subprocess.Popen[str]]:
-    from engine_helpers import clean_env, free_port
+    from engine_helpers import free_port, rank_env
 
     port = free_port()
     procs = []
     for rank in range(world):
-        env = clean_env(RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE=str(world), MASTER_ADDR="127.0.0.1")
-        env["MASTER_PORT"] = str(port)
         procs.append(
             subprocess.Popen(
                 [sys.executable, "-m", "skipxl.cli", *args],
-                env=env,
+                env=rank_env(rank, world, port),
                 cwd=REPO,
                 stdout=subprocess.PIPE,
                 stderr=subprocess.STDOUT,

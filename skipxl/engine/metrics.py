@@ -59,23 +59,39 @@ def peak_memory_bytes() -> int:
     return int(peak_kib * (1 if sys.platform == "darwin" else 1024))
 
 
-def truncate_metrics(run_dir: Path, step: int) -> None:
-    """Drop ``metrics.jsonl`` rows logged after ``step`` (work lost since the last checkpoint)."""
+#: Where :func:`truncate_metrics` keeps the lines of ``metrics.jsonl`` it could not read.
+DAMAGED_METRICS = "metrics.jsonl.damaged"
+
+
+def truncate_metrics(run_dir: Path, step: int) -> int:
+    """Drop ``metrics.jsonl`` rows logged after ``step`` (work lost since the last checkpoint).
+
+    A line that is not a JSON row with a step (damaged bytes, a hand edit) is moved, bytes
+    unchanged, to ``metrics.jsonl.damaged`` instead of being lost; returns how many such lines
+    there were, not counting a torn *last* line (what a crash during a write leaves).
+    """
     path = Path(run_dir) / METRICS
     if not path.is_file():
-        return
-    keep = []
-    for line in path.read_bytes().decode("utf-8", errors="replace").splitlines():
+        return 0
+    keep, damaged = [], []
+    lines = path.read_bytes().splitlines()
+    for number, raw in enumerate(lines, start=1):
         try:
-            row = json.loads(line)
-            int(row.get("step", 0))
-        except (ValueError, TypeError, AttributeError):  # a torn or damaged line: the log keeps the rest
+            row = json.loads(raw.decode("utf-8"))
+            row_step = int(row.get("step", 0))
+        except (ValueError, TypeError, AttributeError):
+            if number < len(lines):
+                damaged.append(raw)
             continue
-        if int(row.get("step", 0)) <= step:
+        if row_step <= step:
             keep.append(dumps(row, sort_keys=True))
+    if damaged:
+        with (Path(run_dir) / DAMAGED_METRICS).open("ab") as fh:
+            fh.write(b"".join(line + b"\n" for line in damaged))
     tmp = path.with_name(path.name + ".tmp")
     tmp.write_text("".join(k + "\n" for k in keep))
     tmp.replace(path)
+    return len(damaged)
 
 
 #: The run's text log (rank 0), next to ``metrics.jsonl``.

@@ -50,6 +50,7 @@ from skipxl.engine.ds_config import build_ds_config, precision_of, resolve_batch
 from skipxl.engine.ds_engine import build_engine, optimizer_step
 from skipxl.engine.evaluate import check_split, evaluate_split
 from skipxl.engine.metrics import (
+    DAMAGED_METRICS,
     MetricsLogger,
     StepWindow,
     engine_stats,
@@ -536,7 +537,13 @@ class Trainer:
                 reshard.remove_universal(ckpt_dir)
         self.last_saved = self.state.step
         if self.world.is_main:
-            truncate_metrics(self.out_dir, self.state.step)
+            damaged = truncate_metrics(self.out_dir, self.state.step)
+            if damaged:
+                print(
+                    f"warning: {damaged} damaged line(s) of {self.out_dir / rd.METRICS} moved to "
+                    f"{self.out_dir / DAMAGED_METRICS}; the other rows are kept",
+                    file=sys.stderr,
+                )
 
     # ------------------------------------------------------------------ the loop
     def fit(self, stop_at_step: int | None = None) -> TrainResult:
