@@ -36,7 +36,6 @@ from typing import Any
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 from skipxl.errors import SkipxlError
@@ -149,30 +148,13 @@ def head_attention(
 
     Same arguments as the module's forward; ``out`` equals the module's output (tested).
     """
-    from skipxl.model.functional import rel_shift
-    from skipxl.model.heads import mix_heads
+    from skipxl.model.attention_kernels import position_scores
 
     bsz, qlen, _ = x.shape
-    cat = x if mem is None or mem.size(1) == 0 else torch.cat([mem.to(x.dtype), x], dim=1)  # [B, K, D]
-    klen, h, dh = cat.size(1), attn.n_head, attn.d_head
-    inp = attn.layer_norm(cat) if attn.pre_lnorm else cat  # [B, K, D]
-    w_q, w_kv = attn.qkv_net.weight.split([h * dh, 2 * h * dh], dim=0)  # [HDh, D], [2HDh, D]
-    q = F.linear(inp[:, klen - qlen :], w_q).view(bsz, qlen, h, dh)  # [B, T, H, Dh]
-    k, v = F.linear(inp, w_kv).chunk(2, dim=-1)  # 2 x [B, K, HDh]
-    k, v = k.reshape(bsz, klen, h, dh), v.reshape(bsz, klen, h, dh)  # [B, K, H, Dh]
-    r_k = attn.r_net(r).view(r.size(0), h, dh)  # [R, H, Dh]
-    if head_index is not None:
-        k, v = mix_heads(k, head_index, head_dim=2), mix_heads(v, head_index, head_dim=2)  # [B, K, H, Dh]
-        r_k = mix_heads(r_k, head_index, head_dim=1)  # [R, H, Dh]
-    if pos_index is not None and attn.positions == "segment_end":
-        r_k, pos_index = r_k.index_select(0, pos_index.reshape(-1)), None  # [K, H, Dh]
+    q, k, v, r_k, pos_index = attn.project(x, mem, r, pos_index, head_index)  # the module's own inputs
+    h, dh = attn.n_head, attn.d_head
     ac = torch.einsum("bihd,bjhd->bhij", q + r_w_bias, k)  # [B, H, T, K]
-    bd = torch.einsum("bihd,jhd->bhij", q + r_r_bias, r_k)  # [B, H, T, R]
-    if pos_index is None:
-        if attn.positions == "relative":
-            bd = rel_shift(bd)  # [B, H, T, K]
-    else:
-        bd = bd.gather(-1, pos_index.expand(bsz, h, qlen, klen))  # [B, H, T, K]
+    bd = position_scores(q, r_r_bias, r_k, pos_index, attn.positions)  # [B, H, T, K]
     score = (ac.float() + bd.float()) * attn.scale  # [B, H, T, K] fp32
     prob = torch.softmax(score.masked_fill(attn_mask, float("-inf")), dim=-1).to(v.dtype)  # [B, H, T, K]
     vec = torch.einsum("bhij,bjhd->bihd", prob, v)  # [B, T, H, Dh]

@@ -107,6 +107,42 @@ class RelPartialLearnableAttention(nn.Module):
         self.drop = nn.Dropout(dropout)
         self.dropatt = nn.Dropout(dropatt)
 
+    def project(
+        self,
+        x: Tensor,
+        mem: Tensor | None,
+        r: Tensor,
+        pos_index: Tensor | None = None,
+        head_index: Tensor | None = None,
+    ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor | None]:
+        """The per-head inputs of the attention kernel: ``q [B, T, H, Dh]``, ``k, v [B, K, H, Dh]``,
+        ``r_k [R, H, Dh]`` (cross-head mixed when ``head_index`` is given) and the ``pos_index``
+        left for the kernel (``None`` once a ``segment_end`` selection is folded into ``r_k``).
+        Arguments as for :meth:`forward`; also what the head diagnostics recompute attention from."""
+        bsz, qlen, _ = x.shape
+        cat = x if mem is None or mem.size(1) == 0 else torch.cat([mem.to(x.dtype), x], dim=1)  # [B,K,D]
+        klen, rlen = cat.size(1), r.size(0)
+        h, dh = self.n_head, self.d_head
+        inp = self.layer_norm(cat) if self.pre_lnorm else cat  # [B, K, D]
+        # Queries only for the segment (the original projects memory queries and drops them).
+        w_q, w_kv = self.qkv_net.weight.split([h * dh, 2 * h * dh], dim=0)  # [HDh, D], [2HDh, D]
+        q = F.linear(inp[:, klen - qlen :], w_q).view(bsz, qlen, h, dh)  # [B, T, H, Dh]
+        k, v = F.linear(inp, w_kv).chunk(2, dim=-1)  # 2 x [B, K, HDh]
+        k = k.reshape(bsz, klen, h, dh)  # [B, K, H, Dh]
+        v = v.reshape(bsz, klen, h, dh)  # [B, K, H, Dh]
+        r_k = self.r_net(r).view(rlen, h, dh)  # [R, H, Dh]
+        if head_index is not None:
+            k = mix_heads(k, head_index, head_dim=2)  # [B, K, H, Dh], head i <- head index[i]
+            v = mix_heads(v, head_index, head_dim=2)  # [B, K, H, Dh]
+            r_k = mix_heads(r_k, head_index, head_dim=1)  # [R, H, Dh]
+        if pos_index is not None and self.positions == "segment_end":
+            # One row per key, the same for every query: select the keys' rows before the
+            # product, so the scores are [B, H, T, K] as on the contiguous path and no
+            # [B, H, T, R] position-score tensor is kept for a gather's backward.
+            r_k = r_k.index_select(0, pos_index.reshape(-1))  # [K, H, Dh]
+            pos_index = None
+        return q, k, v, r_k, pos_index
+
     def forward(
         self,
         x: Tensor,
@@ -134,29 +170,9 @@ class RelPartialLearnableAttention(nn.Module):
             ``[B, T, D]``.
         """
         bsz, qlen, _ = x.shape
-        cat = x if mem is None or mem.size(1) == 0 else torch.cat([mem.to(x.dtype), x], dim=1)  # [B,K,D]
-        klen, rlen = cat.size(1), r.size(0)
         h, dh = self.n_head, self.d_head
-        inp = self.layer_norm(cat) if self.pre_lnorm else cat  # [B, K, D]
-        # Queries only for the segment (the original projects memory queries and drops them).
-        w_q, w_kv = self.qkv_net.weight.split([h * dh, 2 * h * dh], dim=0)  # [HDh, D], [2HDh, D]
-        q = F.linear(inp[:, klen - qlen :], w_q).view(bsz, qlen, h, dh)  # [B, T, H, Dh]
-        k, v = F.linear(inp, w_kv).chunk(2, dim=-1)  # 2 x [B, K, HDh]
-        k = k.reshape(bsz, klen, h, dh)  # [B, K, H, Dh]
-        v = v.reshape(bsz, klen, h, dh)  # [B, K, H, Dh]
-        r_k = self.r_net(r).view(rlen, h, dh)  # [R, H, Dh]
-        if head_index is not None:
-            k = mix_heads(k, head_index, head_dim=2)  # [B, K, H, Dh], head i <- head index[i]
-            v = mix_heads(v, head_index, head_dim=2)  # [B, K, H, Dh]
-            r_k = mix_heads(r_k, head_index, head_dim=1)  # [R, H, Dh]
-
-        if pos_index is not None and self.positions == "segment_end":
-            # One row per key, the same for every query: select the keys' rows before the
-            # product, so the scores are [B, H, T, K] as on the contiguous path and no
-            # [B, H, T, R] position-score tensor is kept for a gather's backward.
-            r_k = r_k.index_select(0, pos_index.reshape(-1))  # [K, H, Dh]
-            pos_index = None
-
+        q, k, v, r_k, pos_index = self.project(x, mem, r, pos_index, head_index)
+        klen = k.size(1)
         if pos_index is None and r_k.size(0) != klen:
             # (the message is built only on failure: formatting a symbolic size under
             # torch.compile would specialise the graph to it)
