@@ -261,7 +261,7 @@ def file_trial(kind: str, rng: random.Random, stopped: Path, reference: Path, wo
         outcome.note += f" -> error: {str(exc)[:120]}"
         return outcome
     outcome.clean_resume = result.finished
-    outcome.bitwise = result.finished and same_as(reference, run)
+    outcome.bitwise = outcome.within_rounding = result.finished and same_as(reference, run)
     warned = "warning:" in err.getvalue()
     outcome.silent = result.finished and not outcome.bitwise and not warned
     outcome.lost_steps = max(0, 4 - (STEPS - len(result.losses)))
