@@ -4,7 +4,8 @@ Reads every file a resume, ``skipxl eval`` or ``skipxl compare`` would read and 
 each, what is damaged: ``config.json`` (UTF-8, JSON, a valid RunConfig), ``meta.json``,
 ``metrics.jsonl`` (a torn *last* line from a crash is only a note), ``checkpoints/latest`` and every
 ``step_N`` folder against its SHA-256 manifest (:mod:`skipxl.engine.integrity`), including the
-number of per-rank files against the run's world size. Nothing is written.
+number of per-rank files against the world size that wrote it (a resume may change it). Nothing is
+written.
 """
 
 from __future__ import annotations
