@@ -3,6 +3,7 @@
 #               evaluate with the Transformer-XL protocol, print the comparison table
 #   make test   the test suite (pytest, DeepSpeed on CPU)
 #   make lint   ruff check + ruff format --check (CI runs it before the tests)
+#   make test-inductor  the Inductor-on-CPU compiled-equals-eager test (slow; not in make test)
 # Both create .venv on first use (python3 -m venv + pip install -e '.[dev]'); a stamp file makes
 # later calls skip the install. PyTorch is installed first, as TORCH_SPEC (default torch==2.13.0,
 # the release this suite is tested with; any 2.1 <= version <= 2.14.1 works): pinning it keeps pip from
@@ -20,7 +21,7 @@ DEMO_VARIANTS ?= baseline skip_retain cross_head combined
 # Tiny models on few cores: one intra-op thread is fastest and immune to oversubscription.
 RUN_ENV := DS_ACCELERATOR=cpu OMP_NUM_THREADS=1
 
-.PHONY: demo test lint venv clean-demo
+.PHONY: demo test test-inductor lint venv clean-demo
 
 venv: $(STAMP)
 
@@ -42,6 +43,10 @@ demo: $(STAMP)
 
 test: $(STAMP)
 	$(RUN_ENV) $(PY) -m pytest -q tests/
+
+# Inductor's CPU compile of tests/test_model_compile.py (about 10 minutes cold on 2 cores)
+test-inductor: $(STAMP)
+	SKIPXL_INDUCTOR=1 $(RUN_ENV) $(PY) -m pytest -q -m inductor tests/test_model_compile.py
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .
