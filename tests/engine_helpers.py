@@ -8,6 +8,7 @@ import os
 import socket
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -105,9 +106,12 @@ def tiny_config(out: Path, *, variant: str = "baseline", steps: int = 6, **train
     return build_config("builtin", variant=variant, max_steps=steps, out=str(out), **flags)
 
 
-def launch_cli(world: int, *args: str, port: int | None = None) -> list[subprocess.Popen[str]]:
+def launch_cli(
+    world: int, *args: str, port: int | None = None, preexec: Callable[[], None] | None = None
+) -> list[subprocess.Popen[str]]:
     """``skipxl ARGS`` as ``world`` ranks of one job (rank env vars, gloo on CPU), not waited for:
-    the multi-rank fault tests signal single ranks of it."""
+    the multi-rank fault tests (and ``tools/faults.py``) signal single ranks of it. ``preexec``
+    runs in each child before it starts (e.g. a file-size limit)."""
     port = port or free_port()
     procs = []
     for rank in range(world):
@@ -120,6 +124,7 @@ def launch_cli(world: int, *args: str, port: int | None = None) -> list[subproce
                 stderr=subprocess.STDOUT,
                 text=True,
                 start_new_session=True,  # a signal to the test's group never reaches them
+                preexec_fn=preexec,
             )
         )
     return procs

@@ -109,24 +109,9 @@ def cli_args(out: Path, **extra: Any) -> list[str]:
 
 
 def launch(world: int, args: list[str], preexec: Any = None) -> list[subprocess.Popen[str]]:
-    from engine_helpers import free_port, rank_env
+    from engine_helpers import launch_cli
 
-    port = free_port()
-    procs = []
-    for rank in range(world):
-        procs.append(
-            subprocess.Popen(
-                [sys.executable, "-m", "skipxl.cli", *args],
-                env=rank_env(rank, world, port),
-                cwd=REPO,
-                stdout=subprocess.PIPE,
-                stderr=subprocess.STDOUT,
-                text=True,
-                start_new_session=True,
-                preexec_fn=preexec,
-            )
-        )
-    return procs
+    return launch_cli(world, *args, preexec=preexec)
 
 
 def finish(procs: list[subprocess.Popen[str]], deadline: float) -> tuple[list[int], list[str], bool]:
