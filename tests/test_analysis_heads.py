@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 import torch
 
+from skipxl.analysis import heads
 from skipxl.analysis.heads import (
     LayerStats,
     ablated,
@@ -20,6 +21,7 @@ from skipxl.analysis.heads import (
     off_diagonal_mean,
 )
 from skipxl.engine.config import EvalConfig
+from skipxl.errors import SkipxlError
 from skipxl.model import TransformerXL
 from skipxl.model.presets import tiny
 
@@ -181,3 +183,52 @@ def test_glue_heads_command_on_a_saved_model_folder(tmp_path, capsys):
     assert len(res["layers"][0]["ablation_loss_increase"]) == 4
     assert main(["glue-heads", str(tmp_path / "nope"), "--task", "mrpc"]) == 2
     assert capsys.readouterr().err.strip().splitlines()[-1].startswith("error: ")
+
+
+def _summary_row(variant: str, seed: int, sim: float, cos: float, abl: float) -> dict:
+    return {
+        "variant": variant,
+        "seed": seed,
+        "mean_attention_similarity": sim,
+        "mean_output_cosine": cos,
+        "mean_ablation_loss_increase": abl,
+    }
+
+
+def test_compare_heads_reads_the_sign_of_the_paired_ci():
+    base = [_summary_row("baseline", s, 0.5 + 0.01 * s, 0.2, 0.02) for s in range(4)]
+    # cross-head: attention clearly more alike, outputs clearly more different, ablation mixed
+    treat = [
+        _summary_row("cross_head", s, 0.6 + 0.01 * s, 0.1 - 0.001 * s, 0.02 + (0.01 if s % 2 else -0.01))
+        for s in range(4)
+    ]
+    rows = {r["metric"]: r for r in heads.compare_heads(base + treat, n_boot=500)}
+    sim = rows["mean_attention_similarity"]
+    assert sim["seeds"] == [0, 1, 2, 3]
+    assert sim["diff"] == pytest.approx(0.1)
+    assert sim["ci"][0] > 0 and sim["reading"] == "heads attend more alike"
+    assert rows["mean_output_cosine"]["ci"][1] < 0
+    assert rows["mean_output_cosine"]["reading"] == "heads write more differently"
+    assert rows["mean_ablation_loss_increase"]["reading"].startswith("neither")
+
+
+def test_compare_heads_pairs_by_seed_and_needs_three_pairs():
+    rows = [
+        _summary_row("baseline", 0, 0.5, 0.2, 0.02),
+        _summary_row("baseline", 1, 0.5, 0.2, 0.02),
+        _summary_row("cross_head", 1, 0.9, 0.2, 0.02),
+        _summary_row("cross_head", 7, 0.1, 0.2, 0.02),  # no baseline of seed 7: not paired
+    ]
+    out = heads.compare_heads(rows, n_boot=100)
+    assert out[0]["seeds"] == [1] and out[0]["diff"] == pytest.approx(0.4)
+    assert out[0]["reading"].startswith("cannot tell")
+    with pytest.raises(SkipxlError, match="same seeds"):
+        heads.compare_heads(rows[:2], n_boot=100)
+
+
+def test_write_comparison_files(tmp_path, capsys):
+    rows = [_summary_row(v, s, 0.5, 0.2, 0.02) for v in ("baseline", "cross_head") for s in range(3)]
+    heads.write_comparison(rows, tmp_path, n_boot=100)
+    assert json.loads((tmp_path / "heads_compare.json").read_text())[0]["diff"] == pytest.approx(0.0)
+    assert "| mean_attention_similarity |" in (tmp_path / "heads_compare.md").read_text()
+    assert "heads_compare.md" in capsys.readouterr().out

@@ -270,14 +270,89 @@ def _write(out_dir: Path, name: str, res: dict[str, Any]) -> None:
     )
 
 
+#: Summary metrics compared between variants, and what a positive difference (treatment minus
+#: baseline) means for each.
+COMPARED = {
+    "mean_attention_similarity": ("heads attend more alike", "heads attend more differently"),
+    "mean_output_cosine": ("heads write more alike", "heads write more differently"),
+    "mean_ablation_loss_increase": ("single heads matter more", "single heads matter less"),
+}
+MIN_PAIRED = 3  # below this many paired seeds a bootstrap CI is degenerate: no reading
+
+
+def compare_heads(
+    results: list[dict[str, Any]],
+    *,
+    baseline: str = "baseline",
+    treatment: str = "cross_head",
+    n_boot: int = 10_000,
+) -> list[dict[str, Any]]:
+    """Paired per-seed differences ``treatment - baseline`` of each summary metric, bootstrap CI.
+
+    The question of arXiv 2311.08123's motivation ("prevents redundancy"): does cross-head
+    attention make a layer's heads more alike, more different, or neither? A reading is given only
+    when the 95% CI over at least :data:`MIN_PAIRED` paired seeds excludes zero.
+    """
+    from skipxl.analysis.claims import paired_bootstrap
+
+    by = {(r["variant"], r["seed"]): r for r in results}
+    seeds = sorted(s for v, s in by if v == baseline and (treatment, s) in by)
+    if not seeds:
+        raise SkipxlError(f"no seed has both a {baseline} and a {treatment} run; pass runs of the same seeds")
+    rows = []
+    for metric, (up, down) in COMPARED.items():
+        base = [float(by[(baseline, s)][metric]) for s in seeds]
+        treat = [float(by[(treatment, s)][metric]) for s in seeds]
+        point, ci = paired_bootstrap([t - b for t, b in zip(treat, base, strict=True)], n_boot=n_boot)
+        if ci is None or len(seeds) < MIN_PAIRED:
+            reading = f"cannot tell ({len(seeds)} paired seed(s))"
+        elif ci[0] > 0:
+            reading = up
+        elif ci[1] < 0:
+            reading = down
+        else:
+            reading = "neither (the CI includes 0)"
+        rows.append(
+            {
+                "metric": metric,
+                "seeds": seeds,
+                baseline: base,
+                treatment: treat,
+                "diff": point,
+                "ci": ci,
+                "reading": reading,
+            }
+        )
+    return rows
+
+
+def _compare_markdown(rows: list[dict[str, Any]], baseline: str, treatment: str) -> str:
+    lines = [
+        f"| metric | {baseline} (mean) | {treatment} (mean) | difference | 95% CI | reading |",
+        "|---|---|---|---|---|---|",
+    ]
+    for r in rows:
+        ci = "n/a" if r["ci"] is None else f"[{r['ci'][0]:+.4f}, {r['ci'][1]:+.4f}]"
+        lines.append(
+            f"| {r['metric']} | {np.mean(r[baseline]):.4f} | {np.mean(r[treatment]):.4f} | "
+            f"{r['diff']:+.4f} | {ci} | {r['reading']} |"
+        )
+    return "\n".join(lines) + "\n"
+
+
 def main(
     *run_dirs: str,
     split: str = "valid",
     max_batches: int = 20,
     tag: str | None = None,
     device: str | None = None,
+    out: str | None = None,
+    n_boot: int = 10_000,
 ) -> None:
     """Head diagnostics of Transformer-XL run folders; writes RUN_DIR/heads.{json,csv}.
+
+    Given baseline and cross-head runs of shared seeds, also writes the paired comparison
+    (:func:`compare_heads`) to ``OUT/heads_compare.{json,md}``.
 
     Args:
         run_dirs: training run folders (baseline and cross-head runs of the same seeds to compare).
@@ -285,6 +360,8 @@ def main(
         max_batches: evaluation segments per stream used for similarities and ablations.
         tag: checkpoint folder (default: latest).
         device: cpu or cuda.
+        out: folder for heads_compare.{json,md} (default: the first run's grandparent, the sweep).
+        n_boot: bootstrap resamples of the comparison.
     """
     from skipxl.config_io import load_json
     from skipxl.data import load_corpus
@@ -303,6 +380,7 @@ def main(
     if max_batches < 1:
         raise SkipxlError(f"--max_batches must be >= 1, got {max_batches}")
     dev = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    results = []
     for d in run_dirs:
         run = Path(d)
         if not (run / CONFIG).is_file():
@@ -318,6 +396,20 @@ def main(
         res = lm_head_diagnostics(model, tokens, cfg.eval, max_batches=max_batches, device=dev)
         res.update(variant=cfg.variant, seed=cfg.train.seed, split=split)
         _write(run, run.name, res)
+        results.append(res)
+    variants = {r["variant"] for r in results}
+    if {"baseline", "cross_head"} <= variants:
+        write_comparison(results, Path(out) if out else Path(run_dirs[0]).parent.parent, n_boot=n_boot)
+
+
+def write_comparison(results: list[dict[str, Any]], out_dir: Path, *, n_boot: int = 10_000) -> None:
+    """Baseline vs cross-head (paired seeds) to ``out_dir/heads_compare.{json,md}``, and printed."""
+    rows = compare_heads(results, n_boot=n_boot)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / "heads_compare.json").write_text(json.dumps(rows, indent=2, sort_keys=True) + "\n")
+    table = _compare_markdown(rows, "baseline", "cross_head")
+    (out_dir / "heads_compare.md").write_text(table)
+    print(table + f"wrote {out_dir / 'heads_compare.json'}, {out_dir / 'heads_compare.md'}")
 
 
 # ------------------------------------------------------------------------------ GLUE / BERT
