@@ -310,8 +310,8 @@ def budget_note(groups: dict[tuple[str, int], list[dict]], baseline: str = "base
                 changes.append(last / earlier[-1] - 1.0)
     if not changes:
         return "budget: the baseline runs have too few validations to tell whether their curve flattened."
-    worst = max(abs(c) for c in changes)
-    state = "flattened" if worst < 0.02 else "NOT flattened (the budget is too short for the claims)"
+    worst = max(changes, key=abs)
+    state = "flattened" if abs(worst) < 0.02 else "NOT flattened (the budget is too short for the claims)"
     return (
         f"budget: baseline validation score changed by {_pct(statistics.fmean(changes))} (mean over "
         f"{len(changes)} seed(s), worst {_pct(worst)}) over the last quarter of training: {state}."
