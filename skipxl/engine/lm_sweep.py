@@ -12,13 +12,12 @@ time (one GPU can hold several small models; on the shared CPU keep 1). Each pro
 ``OMP_NUM_THREADS=threads``.
 
 Default budget (recipe wt2, preset small, 10,000 steps of 16 x 64 tokens, ~4.9 epochs of
-WikiText-2; an estimate of where a 2.4M-parameter model's validation perplexity flattens, not a
-measured curve). Throughput of the baseline on one CPU thread: ~1,100 tokens/s measured on the
-shared 2-core machine (a 40-step run), ~4,200 tokens/s when it was not shared (README, 300-step
-sweep); so 0.7-2.6 h per run and 8-31 h for 4 variants x 3 seeds, one run at a time. The
-validation curve is logged every 500 steps and ``skipxl claims`` reports whether it flattened
-(relative change over the last quarter of training under 2%); if not, rerun with a larger
-``--max_steps`` into a new ``--out``.
+WikiText-2). Measured: a 4,000-step sweep (``--max_steps 4000``, fp32 ZeRO-0, two runs side by
+side on the 2-core machine, one thread each) took 14-24 min per run, and its baselines'
+validation perplexity still fell by ~11% over the last quarter of training
+(docs/results/wt2_fp32_4k.md): 4,000 steps is too short; whether 10,000 is enough has not been
+measured. ``skipxl claims`` reports whether the curve flattened (relative change over the last
+quarter of training under 2%); if not, rerun with a larger ``--max_steps`` into a new ``--out``.
 """
 
 from __future__ import annotations
