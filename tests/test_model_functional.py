@@ -10,6 +10,7 @@ from skipxl.model.config import SkipRetainConfig
 from skipxl.model.functional import (
     attention_mask,
     draw_skip_mask,
+    gather_last,
     position_rows,
     rel_shift,
     relative_distances,
@@ -146,3 +147,33 @@ def test_draw_skip_mask_uses_only_its_generator_and_fixed_draws() -> None:
     assert m2 == (False, False, False)
     # Same number of draws whatever the probabilities: the streams stay aligned.
     assert torch.equal(torch.rand(4, generator=g1), torch.rand(4, generator=g2))
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_gather_last_equals_torch_gather_bitwise(dtype: torch.dtype) -> None:
+    # Shapes of the gather position path: scores [B, H, T, R], a broadcast [T, K] index.
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(2, 3, 4, 9, generator=g, dtype=dtype)
+    index = torch.randint(0, 9, (4, 6), generator=g).expand(2, 3, 4, 6)  # [B, H, T, K] view
+    grad = torch.randn(2, 3, 4, 6, generator=g, dtype=dtype)
+    a, b = x.clone().requires_grad_(), x.clone().requires_grad_()
+    ya, yb = gather_last(a, index), b.gather(-1, index)
+    assert torch.equal(ya, yb)
+    ya.backward(grad)
+    yb.backward(grad)
+    assert torch.equal(a.grad, b.grad)  # repeated indices accumulate the same way
+    assert torch.autograd.gradcheck(gather_last, (x.double().requires_grad_(), index))
+
+
+def test_gather_last_keeps_the_index_not_the_input() -> None:
+    saved: list[torch.Tensor] = []
+    x = torch.randn(2, 3, 4, 9, requires_grad=True)
+    scores = x * 2  # a non-leaf, like the position-score einsum's output
+    index = torch.randint(0, 9, (4, 6)).expand(2, 3, 4, 6)
+    with torch.autograd.graph.saved_tensors_hooks(lambda t: saved.append(t) or t, lambda t: t):
+        gather_last(scores, index)
+    assert len(saved) == 1 and saved[0].dtype == torch.int64
+    assert saved[0].untyped_storage().nbytes() == 4 * 6 * 8  # the [T, K] storage, not [B, H, T, K]
+    with torch.autograd.graph.saved_tensors_hooks(lambda t: saved.append(t) or t, lambda t: t):
+        scores.gather(-1, index)
+    assert any(t.dtype == x.dtype and t.shape == x.shape for t in saved[1:])  # torch's keeps x

@@ -138,7 +138,7 @@ class RelPartialLearnableAttention(nn.Module):
         if pos_index is not None and self.positions == "segment_end":
             # One row per key, the same for every query: select the keys' rows before the
             # product, so the scores are [B, H, T, K] as on the contiguous path and no
-            # [B, H, T, R] position-score tensor is kept for a gather's backward.
+            # [B, H, T, R] position-score tensor is computed at all.
             r_k = r_k.index_select(0, pos_index.reshape(-1))  # [K, H, Dh]
             pos_index = None
         return q, k, v, r_k, pos_index

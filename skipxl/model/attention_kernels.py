@@ -35,7 +35,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from skipxl.errors import require
-from skipxl.model.functional import rel_shift
+from skipxl.model.functional import gather_last, rel_shift
 
 
 def position_scores(
@@ -51,7 +51,7 @@ def position_scores(
     bsz, qlen, h, _ = q.shape
     bd = torch.einsum("bihd,jhd->bhij", q + r_r_bias, r_k)  # [B, H, T, R] (K when selected)
     if pos_index is not None:
-        return bd.gather(-1, pos_index.expand(bsz, h, qlen, pos_index.size(-1)))  # [B, H, T, K]
+        return gather_last(bd, pos_index.expand(bsz, h, qlen, pos_index.size(-1)))  # [B, H, T, K]
     if positions == "relative":
         return rel_shift(bd)  # [B, H, T, K]: row of distance (M + i) - j
     return bd  # [B, H, T, K] segment_end: row j for key j

@@ -87,6 +87,42 @@ def relative_distances(query_pos: Tensor, key_pos: Tensor, clamp_len: int = -1) 
     return dist
 
 
+class _GatherLast(torch.autograd.Function):
+    """``x.gather(-1, index)`` whose backward keeps only the index, not ``x``."""
+
+    @staticmethod
+    def forward(ctx, x: Tensor, index: Tensor) -> Tensor:  # type: ignore[override]
+        ctx.save_for_backward(index)
+        ctx.x_shape = x.shape
+        return x.gather(-1, index)
+
+    @staticmethod
+    def backward(ctx, grad: Tensor) -> tuple[Tensor, None]:  # type: ignore[override]
+        (index,) = ctx.saved_tensors
+        # The same formula as torch's own gather backward (zeros, then scatter_add).
+        return grad.new_zeros(ctx.x_shape).scatter_add_(-1, index, grad), None
+
+
+def gather_last(x: Tensor, index: Tensor) -> Tensor:
+    """``x.gather(-1, index)`` with the same values and gradients, but less saved memory.
+
+    The gather position path of a retained Skip-Retain memory (arXiv 2311.08123) picks each
+    (query, key) score from the ``[B, H, T, R]`` position-score table. ``torch.gather``'s
+    autograd keeps that whole input alive until backward although its gradient needs only
+    the input's shape and the index; on the step after a skip that table (R up to
+    ``tgt_len + 2 * mem_len`` rows) is the one activation the baseline does not have, which
+    would break the paper's "no extra memory" claim. Saving the index alone (usually a
+    broadcast ``expand`` of a ``[T, K]`` int64 tensor, so its storage is ``T * K * 8`` bytes)
+    removes it. The backward is torch's formula, so gradients are bitwise the same.
+
+    Args:
+        x: ``[..., R]``; index: ``[..., K]`` int64 with ``0 <= index < R``.
+    Returns:
+        ``[..., K]``.
+    """
+    return _GatherLast.apply(x, index)
+
+
 def position_rows(distances: Tensor, r_len: int) -> Tensor:
     """Row of ``pos_seq = [r_len-1, ..., 0]`` that holds each distance: ``r_len - 1 - d``.
 

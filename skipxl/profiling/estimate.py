@@ -27,7 +27,7 @@ dropout mask, LayerNorm input + mean/rstd    ``B T D m + B T D e + 2 B T 4``
 FF: input, ReLU output                       ``B T D e + B T Di e``
 FF: dropout mask + output (dropout>0)        ``B T Di (m + e)``
 FF: dropout mask, LayerNorm input + stats    ``B T D m + B T D e + 2 B T 4``
-gather path (retained memory, true dist.)    ``+ T K 8`` index ``+ B H T R e`` position scores
+gather path (retained memory, true dist.)    ``+ T K 8`` index (``gather_last`` keeps no scores)
   segment_end (one row per key)              ``+ K 8`` index; positional keys ``K H Dh e``
 ===========================================  ===================================
 
@@ -36,9 +36,10 @@ attention mask per distinct memory length, and with cross-head attention the
 ``[n_layer, H]`` int64 head index. Skip-Retain: a skipped layer costs 0; a layer whose
 memory was retained attends over true distances, so it may need more position rows
 (``R > K``) and a gather index: that is the only way Skip-Retain can hold *more* than
-the baseline in a step, and it is bounded by the last table row. With ``segment_end``
-scoring the excess shrinks to the longer table (``(R_max - K) D e``) and a ``[K]`` index,
-independent of the batch size: the layer itself keeps ``K`` positional keys.
+the baseline in a step. The excess does not grow with the batch: the longer table
+(``(R_max - K) D e``), the layer's ``R - K`` extra positional keys and a ``T x K`` index
+(``gather_last`` in :mod:`skipxl.model.functional` keeps no ``[B, H, T, R]`` scores); with
+``segment_end`` scoring the layer keeps ``K`` positional keys and a ``[K]`` index.
 
 Embedding and adaptive softmax are included (token ids, masks, the head cluster's
 log-probabilities, the tail clusters' rows); the tail part depends on how many target
@@ -131,8 +132,8 @@ def layer_bytes(
     if gather and segment_end:
         total += k * INDEX_BYTES  # index_select keeps its [K] index
     elif gather:
-        # gather() keeps its index and its input: the position scores over all R rows.
-        total += t * k * INDEX_BYTES + b * h * t * r * e
+        # gather_last keeps only its (broadcast) [T, K] index, not the [B, H, T, R] scores.
+        total += t * k * INDEX_BYTES
     drop_mask = b * t * d * mb if dropout > 0 else 0
     total += drop_mask
     ln = b * t * d * e + 2 * b * t * STAT_BYTES
