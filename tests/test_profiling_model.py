@@ -5,7 +5,8 @@ additional memory. These tests pin down exactly what holds in skipxl's implement
 the Transformer-XL memory is byte-identical across variants; Skip-Retain never saves more
 activations than the baseline when a retained memory is treated as contiguous and saves
 strictly less on steps that skip a layer; with true distances a retained memory costs a
-gather overhead that does not grow with the batch; cross-head attention adds at most one index tensor per layer.
+gather overhead that does not grow with the batch; cross-head attention adds at most one
+index tensor per layer.
 """
 
 from __future__ import annotations
