@@ -18,6 +18,9 @@ PY=${PY:-python}
 [ -x .venv/bin/python ] && PY=${PY_OVERRIDE:-.venv/bin/python}
 export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
 
+# The probe setting that learns (docs/results/probe.md): the post-LN tiny model stays at chance
+# even for a distance-2 copy, the pre-LN one learns the recall; half the bins inside the segment.
+PROBE_MODEL=(--pre_lnorm true --dropout 0 --batch_size 32 --builtin_probe_bins 2,4,8,16,32,64,128)
 SMOKE=0
 [ "${1:-}" = "--cpu-smoke" ] && SMOKE=1
 WT2_DIR=${WT2_DIR:-../shared/data/wikitext-2}
@@ -33,7 +36,7 @@ if [ "$SMOKE" = 1 ]; then
   GLUE_EXTRA=(--max_steps 2 --max_train_examples 16 --max_eval_examples 16 --batch_size 8)
   LM=(--recipe builtin --preset tiny --max_steps "${LM_STEPS:-6}" --builtin_train_tokens 20000)
   PROBE=(--recipe builtin --preset tiny --max_steps "${PROBE_STEPS:-6}" --builtin_probe true
-         --builtin_train_tokens 20000 --builtin_eval_tokens 12000)
+         --builtin_train_tokens 20000 --builtin_eval_tokens 12000 "${PROBE_MODEL[@]}")
   PROBE_MEM=16
   THREADS=1
   CLAIMS_OUT=$OUT/claims
@@ -45,8 +48,8 @@ else
   # "larger preset": wt2 small widened to d_model 256 / 8 layers (about 4x the compute), 4,000 steps
   LM=(--recipe wt2 --preset small --data_dir "$WT2_DIR" --max_steps "${LM_STEPS:-4000}"
       --d_model 256 --d_inner 1024 --n_layer 8 --n_head 8 --d_head 32 --mem_len 128 --ds_config zero0_fp32)
-  PROBE=(--recipe builtin --preset tiny --max_steps "${PROBE_STEPS:-3000}" --builtin_probe true
-         --builtin_eval_tokens 40000 --ds_config zero0_fp32)
+  PROBE=(--recipe builtin --preset tiny --max_steps "${PROBE_STEPS:-6000}" --builtin_probe true
+         --builtin_eval_tokens 40000 --ds_config zero0_fp32 "${PROBE_MODEL[@]}")
   PROBE_MEM=16
   THREADS=2
   CLAIMS_OUT=docs/results
