@@ -134,6 +134,11 @@ def test_recovered_fraction_and_roles():
     point, ci = recovered_fraction(base, np.array([2.5, 3.2, 2.6]), doubled, n_boot=500)
     assert ci[0] < point < ci[1]
     assert recovered_fraction(base, base, base) == (None, None)
+    # The doubled memory is worse: no fraction of a loss (the probe runs that missed the recall).
+    assert recovered_fraction(base, base - 0.5, base + 1.0) == (None, None)
+    # Its gain changes sign across seeds: the point stands, the CI's denominator does not.
+    point, ci = recovered_fraction(base, base - 0.1, base - np.array([1.0, -0.8, -0.1]), n_boot=500)
+    assert point == pytest.approx(0.1 / (0.1 / 3)) and ci is None
     labels = ["baseline mem16", "skip_retain mem16", "baseline mem32"]
     assert auto_roles(labels) == ("baseline mem16", "skip_retain mem16", "baseline mem32")
     assert auto_roles(labels[:2]) is None

@@ -169,11 +169,14 @@ def recovered_fraction(
 ) -> tuple[float | None, tuple[float, float] | None]:
     """``mean(base - treat) / mean(base - doubled)`` over paired seeds ``[S]``, with a bootstrap CI.
 
-    None where the doubled memory gains nothing (the ratio is undefined); no CI below 2 seeds.
+    None where the doubled memory gains nothing or loses (a fraction of a non-positive gain means
+    nothing); no CI below 2 seeds, nor when the doubled memory's gain is not positive in more
+    than ``(1 - ci) / 2`` of the resamples (the denominator's sign is not known, so neither is
+    the ratio's).
     """
     base, treat, doubled = (np.asarray(x, dtype=np.float64) for x in (base, treat, doubled))
     gain_t, gain_d = base - treat, base - doubled  # [S]
-    if not np.all(np.isfinite(gain_t) & np.isfinite(gain_d)) or abs(gain_d.mean()) < 1e-12:
+    if not np.all(np.isfinite(gain_t) & np.isfinite(gain_d)) or gain_d.mean() < 1e-12:
         return None, None
     point = float(gain_t.mean() / gain_d.mean())
     if base.size < 2:
@@ -181,9 +184,11 @@ def recovered_fraction(
     rng = np.random.default_rng(seed)
     idx = rng.integers(0, base.size, size=(n_boot, base.size))  # [n_boot, S]
     num, den = gain_t[idx].mean(axis=1), gain_d[idx].mean(axis=1)  # [n_boot]
-    keep = np.abs(den) > 1e-12
-    ratios = num[keep] / den[keep]
     alpha = (1.0 - ci) / 2.0
+    keep = den > 1e-12
+    if keep.mean() < 1.0 - alpha:
+        return point, None
+    ratios = num[keep] / den[keep]
     lo, hi = np.quantile(ratios, [alpha, 1.0 - alpha])
     return point, (float(lo), float(hi))
 
@@ -434,9 +439,13 @@ def main(
         print(f"{r['label']} seed {r['seed']}: loss_values/accuracy {cells}")
     if "recovery" in payload:
         for b in payload["recovery"]["bins"]:
+            span = f"[{b['bin_lo']},{b['bin_hi']})"
+            if b["recovered"] is None:
+                print(f"recovered {span}: undefined, the doubled memory gains {b['gain_doubled']:+.4f} nats")
+                continue
+            ci_text = "no CI" if b["ci_low"] is None else f"CI [{b['ci_low']:.2f}, {b['ci_high']:.2f}]"
             print(
-                f"recovered [{b['bin_lo']},{b['bin_hi']}): {b['recovered']} of a doubled-memory gain of "
-                f"{b['gain_doubled']:.4f} nats "
-                f"CI ({b['ci_low']}, {b['ci_high']})"
+                f"recovered {span}: {b['recovered']:.2f} of a doubled-memory gain of "
+                f"{b['gain_doubled']:+.4f} nats, {ci_text}"
             )
     print(f"wrote {out_dir / 'probe.json'}, {out_dir / 'probe.csv'}, {png}")
