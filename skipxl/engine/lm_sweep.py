@@ -13,10 +13,10 @@ time (one GPU can hold several small models; on the shared CPU keep 1). Each pro
 
 Default budget (recipe wt2, preset small, 10,000 steps of 16 x 64 tokens, ~4.9 epochs of
 WikiText-2). Measured: a 4,000-step sweep (``--max_steps 4000``, fp32 ZeRO-0, two runs side by
-side on the 2-core machine, one thread each) took 14-24 min per run, and its baselines'
-validation perplexity still fell by ~11% over the last quarter of training
-(docs/results/wt2_fp32_4k.md): 4,000 steps is too short; whether 10,000 is enough has not been
-measured. ``skipxl claims`` reports whether the curve flattened (relative change over the last
+side on the 2-core machine, one thread each) takes ~15 min per run on a quiet machine (12 runs:
+~1.5 h), and its baselines' validation perplexity still fell by ~11% over the last quarter of
+training (docs/results/wt2_fp32_4k.md): 4,000 steps is too short; whether 10,000 is enough has
+not been measured. ``skipxl claims`` reports whether the curve flattened (relative change over the last
 quarter of training under 2%); if not, rerun with a larger ``--max_steps`` into a new ``--out``.
 """
 

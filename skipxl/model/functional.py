@@ -109,9 +109,9 @@ def gather_last(x: Tensor, index: Tensor) -> Tensor:
     The gather position path of a retained Skip-Retain memory (arXiv 2311.08123) picks each
     (query, key) score from the ``[B, H, T, R]`` position-score table. ``torch.gather``'s
     autograd keeps that whole input alive until backward although its gradient needs only
-    the input's shape and the index; on the step after a skip that table (R up to
-    ``tgt_len + 2 * mem_len`` rows) is the one activation the baseline does not have, which
-    would break the paper's "no extra memory" claim. Saving the index alone (usually a
+    the input's shape and the index; on the step after a skip that table (``R`` grows by
+    ``tgt_len`` rows for every step a memory is retained) is the one batch-sized activation the
+    baseline does not have, which would break the paper's "no extra memory" claim. Saving the index alone (usually a
     broadcast ``expand`` of a ``[T, K]`` int64 tensor, so its storage is ``T * K * 8`` bytes)
     removes it. The backward is torch's formula, so gradients are bitwise the same.
 
