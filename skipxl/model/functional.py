@@ -111,9 +111,9 @@ def gather_last(x: Tensor, index: Tensor) -> Tensor:
     autograd keeps that whole input alive until backward although its gradient needs only
     the input's shape and the index; on the step after a skip that table (``R`` grows by
     ``tgt_len`` rows for every step a memory is retained) is the one batch-sized activation the
-    baseline does not have, which would break the paper's "no extra memory" claim. Saving the index alone (usually a
-    broadcast ``expand`` of a ``[T, K]`` int64 tensor, so its storage is ``T * K * 8`` bytes)
-    removes it. The backward is torch's formula, so gradients are bitwise the same.
+    baseline does not have, which would break the paper's "no extra memory" claim. Saving the
+    index alone (usually a broadcast ``expand`` of a ``[T, K]`` int64 tensor, so its storage is
+    ``T * K * 8`` bytes) removes it. The backward is torch's formula, so gradients are bitwise the same.
 
     Args:
         x: ``[..., R]``; index: ``[..., K]`` int64 with ``0 <= index < R``.
