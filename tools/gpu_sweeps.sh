@@ -26,6 +26,9 @@ SMOKE=0
 WT2_DIR=${WT2_DIR:-../shared/data/wikitext-2}
 [ -d "$WT2_DIR" ] || WT2_DIR=/work/shared/data/wikitext-2
 GLUE_FLAGS=()
+if [ -z "${GLUE_DIR:-}" ] && [ ! -d ../shared/data/glue ] && [ -d /work/shared/data/glue ]; then
+  GLUE_DIR=/work/shared/data/glue  # a checkout outside /work (e.g. a fresh clone in /tmp)
+fi
 [ -n "${GLUE_DIR:-}" ] && GLUE_FLAGS=(--glue_dir "$GLUE_DIR")
 
 if [ "$SMOKE" = 1 ]; then
@@ -90,7 +93,8 @@ timeout "$PHASE_TIMEOUT" $PY -m skipxl.cli lm-sweep --out "$OUT/probe_mem$PROBE_
 timeout "$PHASE_TIMEOUT" $PY -m skipxl.cli lm-sweep --out "$OUT/probe_mem$((2 * PROBE_MEM))" --variants baseline \
   --seeds "$LM_SEEDS" --jobs "$LM_JOBS" --threads "$THREADS" --mem_len "$((2 * PROBE_MEM))" \
   --eval_mem_len "$((2 * PROBE_MEM))" "${PROBE[@]}" || true
-PROBE_RUNS=$(ls -d "$OUT"/probe_mem*/*/seed_* 2>/dev/null | while read -r d; do [ -f "$d/results.json" ] && echo "$d"; done)
+# finished run folders only (the glob also matches the seed_<s>.log files beside them)
+PROBE_RUNS=$(for d in "$OUT"/probe_mem*/*/seed_*/; do [ -f "$d/results.json" ] && echo "${d%/}"; done || true)
 if [ -n "$PROBE_RUNS" ]; then
   # shellcheck disable=SC2086
   $PY -m skipxl.cli probe $PROBE_RUNS --out "$OUT/probe" | tail -n 12
