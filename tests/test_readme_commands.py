@@ -78,13 +78,9 @@ def test_readme_command_flags_are_accepted(command):
 
     kind, args = _entry(shlex.split(command))
     flags = _flags(args)
+    train_flags = set(flag_table()) | set(inspect.signature(cli.train).parameters)
     if kind in RECIPES or kind == "skipxl train":
-        valid = (
-            set(flag_table())
-            | set(inspect.signature(cli.train).parameters)
-            | {"deepspeed", "deepspeed_config"}
-        )
-        valid -= {"recipe"}
+        valid = (train_flags | {"deepspeed", "deepspeed_config"}) - {"recipe"}
     elif kind == "glue":
         import dataclasses
 
@@ -99,10 +95,9 @@ def test_readme_command_flags_are_accepted(command):
             module, attr, _ = cli.LAZY_COMMANDS[name]
             fn = cli._lazy(module, attr, name)
         assert fn is not None, f"README uses `{kind}`, which is not a command"
-        params = inspect.signature(fn).parameters
-        valid = set(params)
+        valid = set(inspect.signature(fn).parameters)
         if name == "lm-sweep":  # its **flags go to every run's `skipxl train`
-            valid |= set(flag_table()) | set(inspect.signature(cli.train).parameters)
+            valid |= train_flags
     unknown = sorted(set(flags) - valid)
     assert not unknown, f"README command `{command}` uses unknown flags {unknown}"
 
