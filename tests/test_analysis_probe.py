@@ -142,3 +142,6 @@ def test_recovered_fraction_and_roles():
     labels = ["baseline mem16", "skip_retain mem16", "baseline mem32"]
     assert auto_roles(labels) == ("baseline mem16", "skip_retain mem16", "baseline mem32")
     assert auto_roles(labels[:2]) is None
+    tagged = [f"{label} @step_00003000" for label in labels]  # a phase-1 checkpoint and its peers
+    assert auto_roles(tagged) == tuple(tagged)
+    assert auto_roles([*labels[:2], tagged[2]]) is None  # never pairs two different steps

@@ -3,7 +3,8 @@
 #   1. GLUE seed sweep, MiniLM backbone, MRPC + RTE + STS-B, baseline vs cross-head, SEEDS seeds each
 #      (50: ~80% power for the paper's 30% std reduction), JOBS fine-tunes at a time on the one GPU;
 #   2. the four LM variants on WikiText-2 with a larger preset (LM_SEEDS seeds), LM_JOBS at a time;
-#   3. the long-range probe: baseline, Skip-Retain and the baseline with mem_len doubled;
+#   3. the long-range probe: baseline, Skip-Retain (phased, and phase 1 only) and the baseline with
+#      mem_len doubled;
 #   4. skipxl probe + skipxl claims folded into docs/results/claims.md.
 # Every phase resumes (finished runs are skipped), so a second call continues an interrupted one.
 #
@@ -19,8 +20,10 @@ PY=${PY:-python}
 export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
 
 # The probe setting that learns (docs/results/probe.md): the post-LN tiny model stays at chance
-# even for a distance-2 copy, the pre-LN one learns the recall; half the bins inside the segment.
-PROBE_MODEL=(--pre_lnorm true --dropout 0 --batch_size 32 --builtin_probe_bins 2,4,8,16,32,64,128)
+# even for a distance-2 copy, the pre-LN one learns the recall (half the bins inside the segment),
+# and a constant lr of 2e-3 after 200 warm-up steps makes every seed learn it (cosine: 1 in 3).
+PROBE_MODEL=(--pre_lnorm true --dropout 0 --batch_size 32 --builtin_probe_bins 2,4,8,16,32,64,128
+             --scheduler constant --warmup_steps 200 --lr 2e-3)
 SMOKE=0
 [ "${1:-}" = "--cpu-smoke" ] && SMOKE=1
 WT2_DIR=${WT2_DIR:-../shared/data/wikitext-2}
@@ -38,8 +41,9 @@ if [ "$SMOKE" = 1 ]; then
   GLUE_MODEL=tiny-random
   GLUE_EXTRA=(--max_steps 2 --max_train_examples 16 --max_eval_examples 16 --batch_size 8)
   LM=(--recipe builtin --preset tiny --max_steps "${LM_STEPS:-6}" --builtin_train_tokens 20000)
-  PROBE=(--recipe builtin --preset tiny --max_steps "${PROBE_STEPS:-6}" --builtin_probe true
-         --builtin_train_tokens 20000 --builtin_eval_tokens 12000 "${PROBE_MODEL[@]}")
+  PROBE_STEPS=${PROBE_STEPS:-6}
+  PROBE=(--recipe builtin --preset tiny --max_steps "$PROBE_STEPS" --builtin_probe true
+         --builtin_train_tokens 20000 --builtin_eval_tokens 12000 "${PROBE_MODEL[@]}" --warmup_steps 2)
   PROBE_MEM=16
   THREADS=1
   CLAIMS_OUT=$OUT/claims
@@ -51,7 +55,8 @@ else
   # "larger preset": wt2 small widened to d_model 256 / 8 layers (about 4x the compute), 4,000 steps
   LM=(--recipe wt2 --preset small --data_dir "$WT2_DIR" --max_steps "${LM_STEPS:-4000}"
       --d_model 256 --d_inner 1024 --n_layer 8 --n_head 8 --d_head 32 --mem_len 128 --ds_config zero0_fp32)
-  PROBE=(--recipe builtin --preset tiny --max_steps "${PROBE_STEPS:-6000}" --builtin_probe true
+  PROBE_STEPS=${PROBE_STEPS:-6000}
+  PROBE=(--recipe builtin --preset tiny --max_steps "$PROBE_STEPS" --builtin_probe true
          --builtin_eval_tokens 40000 --ds_config zero0_fp32 "${PROBE_MODEL[@]}")
   PROBE_MEM=16
   THREADS=2
@@ -87,17 +92,28 @@ timeout "$PHASE_TIMEOUT" $PY -m skipxl.cli lm-sweep --out "$OUT/lm" --seeds "$LM
 #    Each model is evaluated with its own training mem_len (evaluation ignores the skip plan, so
 #    Skip-Retain's model reads the same memory as the baseline's there: what it gained is learned).
 stamp "probe sweeps"
+# validations at thirds (the phase-1 plateau rule counts them), checkpoints at the phase-1 switch (half)
+PROBE+=(--eval_interval "$((PROBE_STEPS / 3))" --log_interval "$((PROBE_STEPS / 6))" --save_interval "$((PROBE_STEPS / 2))")
 timeout "$PHASE_TIMEOUT" $PY -m skipxl.cli lm-sweep --out "$OUT/probe_mem$PROBE_MEM" --variants baseline,skip_retain \
   --seeds "$LM_SEEDS" --jobs "$LM_JOBS" --threads "$THREADS" --mem_len "$PROBE_MEM" \
   --eval_mem_len "$PROBE_MEM" "${PROBE[@]}" || true
 timeout "$PHASE_TIMEOUT" $PY -m skipxl.cli lm-sweep --out "$OUT/probe_mem$((2 * PROBE_MEM))" --variants baseline \
   --seeds "$LM_SEEDS" --jobs "$LM_JOBS" --threads "$THREADS" --mem_len "$((2 * PROBE_MEM))" \
   --eval_mem_len "$((2 * PROBE_MEM))" "${PROBE[@]}" || true
+# Skip-Retain that skips for the whole budget (phase 1 only), scored against the same baselines
+timeout "$PHASE_TIMEOUT" $PY -m skipxl.cli lm-sweep --out "$OUT/probe_phase1_only" --variants skip_retain \
+  --seeds "$LM_SEEDS" --jobs "$LM_JOBS" --threads "$THREADS" --mem_len "$PROBE_MEM" --eval_mem_len "$PROBE_MEM" \
+  --phase1_fraction none --phase1_patience none "${PROBE[@]}" || true
+finished() { for d in "$@"; do [ -f "$d/results.json" ] && echo "${d%/}"; done || true; }
 # finished run folders only (the glob also matches the seed_<s>.log files beside them)
-PROBE_RUNS=$(for d in "$OUT"/probe_mem*/*/seed_*/; do [ -f "$d/results.json" ] && echo "${d%/}"; done || true)
+PROBE_RUNS=$(finished "$OUT"/probe_mem*/*/seed_*/)
 if [ -n "$PROBE_RUNS" ]; then
   # shellcheck disable=SC2086
   $PY -m skipxl.cli probe $PROBE_RUNS --out "$OUT/probe" | tail -n 12
+  P1_RUNS=$(finished "$OUT/probe_mem$PROBE_MEM"/baseline/seed_*/ "$OUT"/probe_phase1_only/*/seed_*/ \
+    "$OUT/probe_mem$((2 * PROBE_MEM))"/*/seed_*/)
+  # shellcheck disable=SC2086
+  $PY -m skipxl.cli probe $P1_RUNS --out "$OUT/probe_phase1_only_scores" | tail -n 8
 fi
 
 # -- 4. fold everything into the claims report

@@ -327,16 +327,26 @@ def recovery_table(
 
 
 def auto_roles(labels: Sequence[str]) -> tuple[str, str, str] | None:
-    """(baseline, treatment, doubled) when the labels hold baselines at mem M and 2M and Skip-Retain at M."""
-    mems = {}
+    """(baseline, treatment, doubled) when the labels hold baselines at mem M and 2M and Skip-Retain at M.
+
+    Labels scored at one checkpoint tag (``"baseline mem16 @step_00003000"``) pair up among
+    themselves: a phase-1 checkpoint is compared with the baselines at the same step.
+    """
+    mems: dict[tuple[str, str], list[int]] = {}  # (variant, " @tag" or "") -> memory lengths
     for label in labels:
-        variant, _, rest = label.partition(" mem")
+        head, at, tag = label.partition(" @")
+        variant, _, rest = head.partition(" mem")
         if rest.isdigit():
-            mems.setdefault(variant, []).append(int(rest))
-    base_mems = sorted(mems.get("baseline", []))
-    for m in base_mems:
-        if 2 * m in base_mems and m in mems.get("skip_retain", []):
-            return f"baseline mem{m}", f"skip_retain mem{m}", f"baseline mem{2 * m}"
+            mems.setdefault((variant, at + tag), []).append(int(rest))
+    for suffix in sorted({s for _, s in mems}):
+        base_mems = sorted(mems.get(("baseline", suffix), []))
+        for m in base_mems:
+            if 2 * m in base_mems and m in mems.get(("skip_retain", suffix), []):
+                return (
+                    f"baseline mem{m}{suffix}",
+                    f"skip_retain mem{m}{suffix}",
+                    f"baseline mem{2 * m}{suffix}",
+                )
     return None
 
 
@@ -394,12 +404,16 @@ def main(
         out: folder for the combined files (default: the first run's parent).
         split: valid or test.
         bins: distance bin edges (default: the corpus's probe_bins), e.g. 2,16,64,256.
-        tgt_len, mem_len, batch_size: evaluation protocol overrides (default: the run's).
+        tgt_len: evaluation segment length (default: the run's evaluation protocol).
+        mem_len: evaluation memory length (default: the run's).
+        batch_size: evaluation streams (default: the run's).
         max_batches: score only this many segments per stream.
         tag: checkpoint folder (default: latest), e.g. a phase-1 checkpoint of Skip-Retain.
         device: cpu or cuda.
-        baseline, treatment, doubled: labels ("<variant> mem<M>") for the recovered fraction
-            (default: baseline mem M, skip_retain mem M, baseline mem 2M when present).
+        baseline: label ("<variant> mem<M>") of the reference of the recovered fraction
+            (default: baseline mem M, the smallest memory present).
+        treatment: label of the model whose recovery is measured (default: skip_retain mem M).
+        doubled: label of the model with the memory doubled (default: baseline mem 2M).
         n_boot: bootstrap resamples over seeds.
     """
     from skipxl.engine.flags import coerce

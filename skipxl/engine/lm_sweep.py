@@ -225,7 +225,8 @@ def main(
 
     Args:
         out: the sweep folder (also holds sweep.json and one .log per run).
-        recipe, preset: as for skipxl train (default wt2 small).
+        recipe: as for skipxl train (default wt2).
+        preset: as for skipxl train (default small; the recipe must have it).
         variants: comma-separated (default: all four).
         seeds: e.g. 0-2 or 0,3,7.
         max_steps: optimizer steps per run.
