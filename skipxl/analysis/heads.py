@@ -28,6 +28,7 @@ import csv
 import io
 import json
 import math
+import os
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -476,9 +477,26 @@ def glue_head_diagnostics(
     return _summary(stats, ablation, base)
 
 
+def _glue_run_info(model_dir: Path) -> dict[str, Any]:
+    """Task, variant and seed of the GLUE run a ``--save_model`` folder belongs to (its result.json).
+
+    A folder saved elsewhere (no result.json beside it) has none: it can be diagnosed, not paired.
+    """
+    from skipxl.glue.runlog import RESULT_FILE
+
+    path = model_dir.parent / RESULT_FILE
+    if not path.is_file():
+        return {}
+    try:
+        res = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise SkipxlError(f"{path} is not readable JSON ({exc}); rerun that GLUE run") from None
+    return {"task": res.get("task"), "variant": res.get("variant"), "seed": res.get("init_seed")}
+
+
 def glue_main(
-    model_dir: str,
-    task: str,
+    *model_dirs: str,
+    task: str | None = None,
     glue_dir: str | None = None,
     split: str = "dev",
     tokenizer: str | None = None,
@@ -486,26 +504,65 @@ def glue_main(
     batch_size: int = 32,
     max_length: int = 128,
     out: str | None = None,
+    n_boot: int = 10_000,
 ) -> None:
-    """Head diagnostics of a fine-tuned Hugging Face model directory (e.g. a GLUE ``--save_model``).
+    """Head diagnostics of fine-tuned Hugging Face model folders (e.g. GLUE ``--save_model``).
+
+    Given the saved models of baseline and cross-head GLUE runs of shared seeds (each
+    ``<run>/model`` beside its ``result.json``), also writes the paired comparison to
+    ``OUT/heads_compare.{json,md}``, as ``skipxl heads`` does for Transformer-XL runs.
 
     Args:
-        model_dir: a save_pretrained folder of a *ForSequenceClassification model.
-        task: the GLUE task it was fine-tuned on (mrpc, rte, stsb, ...).
+        model_dirs: save_pretrained folders of *ForSequenceClassification models.
+        task: the GLUE task they were fine-tuned on (default: from each run's result.json).
         glue_dir: the GLUE data folder (default: $SKIPXL_GLUE_DIR or the shared data).
         split: dev (or train).
         tokenizer: tokenizer folder or name (default: model_dir, else 'minilm').
-        limit: examples scored.
-        batch_size, max_length: batching of the examples.
-        out: folder for heads.{json,csv} (default: model_dir).
+        limit: examples scored (the same first examples for every model).
+        batch_size: examples per forward pass.
+        max_length: tokens per example (longer pairs are truncated).
+        out: folder for heads_compare.{json,md} (default: the common parent of the runs); the
+            per-model heads.{json,csv} go into each model folder.
+        n_boot: bootstrap resamples of the comparison.
     """
+    if not model_dirs:
+        raise SkipxlError("give at least one model folder: skipxl glue-heads MODEL_DIR [MODEL_DIR ...]")
+    results = []
+    for d in model_dirs:
+        path = Path(d)
+        info = _glue_run_info(path)
+        name = task or info.get("task")
+        if name is None:
+            raise SkipxlError(
+                f"{path}: no result.json beside it names the task; pass --task (mrpc, rte, ...)"
+            )
+        res = _glue_model_heads(path, name, glue_dir, split, tokenizer, limit, batch_size, max_length)
+        res.update({k: v for k, v in info.items() if k != "task"})
+        _write(path, f"{path.parent.name}/{path.name}", res)
+        results.append(res)
+    paired = [r for r in results if r.get("variant") and r.get("seed") is not None]
+    if {"baseline", "cross_head"} <= {r["variant"] for r in paired}:
+        common = Path(os.path.commonpath([Path(d).resolve().parent for d in model_dirs]))
+        write_comparison(paired, Path(out) if out else common, n_boot=n_boot)
+
+
+def _glue_model_heads(
+    path: Path,
+    task: str,
+    glue_dir: str | None,
+    split: str,
+    tokenizer: str | None,
+    limit: int,
+    batch_size: int,
+    max_length: int,
+) -> dict[str, Any]:
+    """:func:`glue_head_diagnostics` of one saved model on the first ``limit`` examples of ``split``."""
     from transformers import AutoModelForSequenceClassification
 
     from skipxl.glue.finetune import collate, encode
     from skipxl.glue.model import load_tokenizer
     from skipxl.glue.tasks import get_task, load_split
 
-    path = Path(model_dir)
     if not (path / "config.json").is_file():
         raise SkipxlError(
             f"{path} is not a Hugging Face model folder (no config.json); pass a save_pretrained folder"
@@ -534,4 +591,4 @@ def glue_main(
     ]
     res = glue_head_diagnostics(model, batches, regression)
     res.update(model_dir=str(path), task=spec.name, split=split, examples=len(data))
-    _write(Path(out) if out else path, path.name, res)
+    return res
