@@ -161,3 +161,43 @@ def test_no_verdict_below_three_seeds(tmp_path):
         make_run(root, "skip_retain", seed, BASE_PPL[seed] * 0.9)
     row = skip_row(claims_report([root], out=tmp_path / "out", n_boot=500)[0])
     assert row.ci_high < 0 and row.n == 2 and row.verdict == UNKNOWN
+
+
+def write_profile(path, ratios):
+    """A memory.json as skipxl memory writes it (only the fields the claims read)."""
+    full = {
+        v: {"mems_held_bytes": 1.0, "saved_max": 1.0, "saved_mean": 1.0, "peak": 1.0, **r}
+        for v, r in ratios.items()
+    }
+    path.write_text(json.dumps({"title": "skipxl memory: tiny", "ratios": full}))
+    return path
+
+
+def test_memory_profile_rows_hold_within_one_percent_and_fail_above(tmp_path):
+    root = sweep(tmp_path / "runs", {0: -0.05, 1: -0.04, 2: -0.06, 3: -0.05})
+    prof = write_profile(
+        tmp_path / "memory.json",
+        {"baseline": {}, "skip_retain": {"saved_max": 1.0099}, "cross_head": {"mems_held_bytes": 1.02}},
+    )
+    claims, md, _ = claims_report([root], memory=[prof], out=tmp_path / "out", n_boot=200)
+    rows = {c.claim: c for c in claims if "profiler" in c.claim}
+    skip = rows["no extra memory (skip_retain, profiler: held memory and saved activations)"]
+    cross = rows["no extra memory (cross_head, profiler: held memory and saved activations)"]
+    assert skip.verdict == HOLDS and skip.point == pytest.approx(0.0099)
+    assert cross.verdict == FAILS and cross.point == pytest.approx(0.02)  # the held memory grew 2%
+    assert len(rows) == 2  # no row for the baseline itself
+    assert str(prof) in skip.command
+    assert any(c.claim == "no extra memory (skip_retain, process peak RSS)" for c in claims)
+    assert f"--memory {prof}" in md.read_text()
+
+
+def test_memory_profile_bad_file_is_one_clear_error(tmp_path):
+    bad = tmp_path / "memory.json"
+    bad.write_text("{not json")
+    with pytest.raises(SkipxlError, match=r"not readable JSON.*skipxl memory"):
+        claims_report([], memory=[bad], out=tmp_path / "out")
+    bad.write_text(json.dumps({"ratios": {"skip_retain": {"peak": 1.0}}}))
+    with pytest.raises(SkipxlError, match="no per-variant ratios"):
+        claims_report([], memory=[bad], out=tmp_path / "out")
+    with pytest.raises(SkipxlError, match="does not exist"):
+        claims_report([], memory=[tmp_path / "missing.json"], out=tmp_path / "out")

@@ -12,8 +12,11 @@ Claims (the paper's abstract, Vishnu & Chandra Sekhar 2023):
 Language-model claims are measured as **paired per-seed differences** to the baseline (the runs
 of one seed share data order and initialisation up to the variant), in percent of the
 baseline's test perplexity (bits per character on char corpora), with a percentile bootstrap CI
-over seeds. The GLUE claim reuses :mod:`skipxl.glue.report`: the bootstrap CI of the std
-reduction, the Brown-Forsythe test, the power of the seed count for the 30% claim, and its
+over seeds. The memory claim has two instruments: each run's process peak (RSS on a CPU, paired
+like the scores, but an allocator high-water mark that a shared machine moves by a few percent)
+and, with ``--memory``, the profiler's exact byte counts (:func:`memory_claims`). The GLUE
+claim reuses :mod:`skipxl.glue.report`: the bootstrap CI of the std reduction, the
+Brown-Forsythe test, the power of the seed count for the 30% claim, and its
 refusal to pool runs trained with different settings (:func:`~skipxl.glue.runlog.config_diff`).
 
 Verdicts: **holds** when the CI lies entirely on the claimed side of zero; **does not hold** when
@@ -25,6 +28,7 @@ from __future__ import annotations
 
 import csv
 import io
+import json
 import math
 import statistics
 from collections.abc import Sequence
@@ -283,7 +287,7 @@ def lm_claims(
         runs = [r for r in same.get(variant, []) if r["peak_bytes"]]
         out.append(
             row(
-                f"no extra memory ({variant}, peak bytes)",
+                f"no extra memory ({variant}, process peak RSS)",
                 "no extra memory (abstract)",
                 runs,
                 lambda r: float(r["peak_bytes"]),
@@ -316,6 +320,64 @@ def budget_note(groups: dict[tuple[str, int], list[dict]], baseline: str = "base
         f"budget: baseline validation score changed by {_pct(statistics.fmean(changes))} (mean over "
         f"{len(changes)} seed(s), worst {_pct(worst)}) over the last quarter of training: {state}."
     )
+
+
+# ---------------------------------------------------------------------------------- memory profile
+def load_memory_profile(path: str | Path) -> dict[str, Any]:
+    """A ``memory.json`` written by ``skipxl memory`` (the per-variant ratios to its baseline)."""
+    path = Path(path)
+    fix = "pass the memory.json that `skipxl memory --out DIR` writes"
+    if not path.is_file():
+        raise SkipxlError(f"--memory {path} does not exist; {fix}")
+    try:
+        report = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise SkipxlError(f"--memory {path} is not readable JSON ({exc}); {fix}") from None
+    ratios = report.get("ratios") if isinstance(report, dict) else None
+    needed = ("mems_held_bytes", "saved_max", "saved_mean", "peak")
+    if not isinstance(ratios, dict) or not all(
+        isinstance(r, dict) and all(k in r for k in needed) for r in ratios.values()
+    ):
+        raise SkipxlError(f"--memory {path} has no per-variant ratios {needed}; {fix}")
+    return report
+
+
+def memory_claims(paths: Sequence[str | Path], command: str) -> list[Claim]:
+    """Claim 5 from the profiler: exact bytes, so a verdict without a CI.
+
+    The paper's "no extra memory" is a statement about what the methods *store*: the segment
+    memory each layer holds and the activations autograd keeps for backward. ``skipxl memory``
+    counts both byte for byte (identical config, seed and data per variant), which a process's
+    peak RSS on a shared CPU cannot resolve at 1%. Holds when both stay within
+    ``MEMORY_TOLERANCE`` of the baseline on every profiled step (the maximum over steps).
+    """
+    out = []
+    for path in paths:
+        report = load_memory_profile(path)
+        title = report.get("title", str(path))
+        order = {"skip_retain": 0, "cross_head": 1, "combined": 2}  # the abstract's order, then DLT & co.
+        for variant, r in sorted(report["ratios"].items(), key=lambda kv: (order.get(kv[0], 3), kv[0])):
+            if variant == "baseline":
+                continue
+            worst = max(r["mems_held_bytes"], r["saved_max"])
+            verdict = HOLDS if worst <= 1.0 + MEMORY_TOLERANCE else FAILS
+            text = (
+                f"segment memory {r['mems_held_bytes']:.4f}x, peak saved activations {r['saved_max']:.4f}x "
+                f"(mean {r['saved_mean']:.3f}x), process peak {r['peak']:.3f}x of the baseline; {title}"
+            )
+            out.append(
+                Claim(
+                    f"no extra memory ({variant}, profiler: held memory and saved activations)",
+                    text,
+                    f"exact byte counts (no CI); holds within +{MEMORY_TOLERANCE:.0%}",
+                    "no extra memory (abstract)",
+                    verdict,
+                    1,
+                    command,
+                    worst - 1.0,
+                )
+            )
+    return out
 
 
 # ---------------------------------------------------------------------------------- GLUE
@@ -414,9 +476,10 @@ def render_markdown(claims: list[Claim], notes: list[str], ci: float) -> str:
         "",
         "Claims of arXiv 2311.08123's abstract, measured on the runs below. Language-model rows:",
         f"paired per-seed differences to the baseline in % of its test score, {ci:.0%} bootstrap CI over",
-        "seeds. GLUE rows: std reduction with its bootstrap CI (skipxl glue-report). Verdict: holds /",
-        "does not hold when the CI excludes zero, otherwise cannot tell at this power. Regenerate with",
-        "the command in each row.",
+        f"seeds; profiler rows: exact bytes of skipxl memory (holds within +{MEMORY_TOLERANCE:.0%} of the",
+        "baseline). GLUE rows: std reduction with its bootstrap CI (skipxl glue-report). Verdict: holds /",
+        "does not hold when the CI excludes zero, otherwise cannot tell at this power. Regenerate with the",
+        "command in each row.",
         "",
         "| claim | our measurement | CI | paper | verdict | command |",
         "|---|---|---|---|---|---|",
@@ -445,18 +508,27 @@ def claims_report(
     run_dirs: Sequence[str | Path],
     *,
     glue: Sequence[str | Path] = (),
+    memory: Sequence[str | Path] = (),
     out: str | Path = "docs/results",
     n_boot: int = 10_000,
     ci: float = 0.95,
     command: str | None = None,
 ) -> tuple[list[Claim], Path, Path]:
     """Build the claims table; write ``claims.md`` and ``claims.csv`` into ``out``."""
-    if not run_dirs and not glue:
-        raise SkipxlError("give LM run folders and/or --glue SWEEP_DIR_OR_CSV: skipxl claims RUN_DIRS ...")
+    if not run_dirs and not glue and not memory:
+        raise SkipxlError(
+            "give LM run folders, --glue SWEEP_DIR_OR_CSV and/or --memory MEMORY_JSON: "
+            "skipxl claims RUN_DIRS ..."
+        )
     if not 0.0 < ci < 1.0:
         raise SkipxlError(f"--ci must be in (0, 1), got {ci}")
     command = command or "skipxl claims " + " ".join(
-        [*map(str, run_dirs), *(f"--glue {g}" for g in glue), f"--out {out}"]
+        [
+            *map(str, run_dirs),
+            *(f"--glue {g}" for g in glue),
+            *(f"--memory {m}" for m in memory),
+            f"--out {out}",
+        ]
     )
     rows = load_lm_runs(run_dirs) if run_dirs else []
     if run_dirs and not rows:
@@ -479,6 +551,10 @@ def claims_report(
             f"LM setting: corpus {first['corpus']}, preset {first['preset']}, {first['steps']} steps."
         )
     claims = lm_claims(groups, command, n_boot=n_boot, ci=ci)
+    claims += memory_claims(memory, command)
+    notes += [
+        f"memory: profile {m} (skipxl memory: exact bytes per variant, same seed and data)." for m in memory
+    ]
     if glue:
         records, glue_notes = load_glue(glue)
         claims += glue_claims(records, command, n_boot=n_boot, ci=ci)
@@ -504,21 +580,35 @@ def claims_report(
 
 
 def main(
-    *run_dirs: str, glue: Any = None, out: str = "docs/results", n_boot: int = 10_000, ci: float = 0.95
+    *run_dirs: str,
+    glue: Any = None,
+    memory: Any = None,
+    out: str = "docs/results",
+    n_boot: int = 10_000,
+    ci: float = 0.95,
 ) -> None:
     """Write claims.md and claims.csv: one row per claim of the paper's abstract.
 
     Args:
         run_dirs: LM run folders, or folders containing them (e.g. an lm-sweep --out folder).
         glue: GLUE sweep folder(s) or glue_report CSV file(s), comma-separated.
+        memory: memory.json file(s) of skipxl memory, comma-separated: the exact-bytes rows of
+            the no-extra-memory claim (beside the noisy process-peak rows of the runs).
         out: folder for claims.md / claims.csv.
-        n_boot, ci: bootstrap resamples and confidence level.
+        n_boot: bootstrap resamples.
+        ci: confidence level of the intervals.
     """
     from skipxl.engine.flags import coerce
 
     glue_paths = () if glue is None else coerce("glue", glue, tuple[str, ...])
+    memory_paths = () if memory is None else coerce("memory", memory, tuple[str, ...])
     claims, md, csv_path = claims_report(
-        run_dirs, glue=glue_paths, out=out, n_boot=coerce("n_boot", n_boot, int), ci=coerce("ci", ci, float)
+        run_dirs,
+        glue=glue_paths,
+        memory=memory_paths,
+        out=out,
+        n_boot=coerce("n_boot", n_boot, int),
+        ci=coerce("ci", ci, float),
     )
     for c in claims:
         print(f"{c.verdict:>26} | {c.claim}: {c.measurement} CI {c.ci}")
