@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 
 import numpy as np
@@ -139,9 +140,64 @@ def test_recovered_fraction_and_roles():
     # Its gain changes sign across seeds: the point stands, the CI's denominator does not.
     point, ci = recovered_fraction(base, base - 0.1, base - np.array([1.0, -0.8, -0.1]), n_boot=500)
     assert point == pytest.approx(0.1 / (0.1 / 3)) and ci is None
+    # A negligible doubled-memory gain gives no fraction at all (46.6 "of" +0.0001 nats means nothing),
+    # at the default floor and at one given explicitly.
+    assert recovered_fraction(base, base - 0.005, base - 0.0001) == (None, None)
+    assert recovered_fraction(base, base - 0.5, doubled, min_gain=1.5) == (None, None)
+    assert recovered_fraction(base, base - 0.005, base - 0.0001, min_gain=1e-5)[0] == pytest.approx(50.0)
     labels = ["baseline mem16", "skip_retain mem16", "baseline mem32"]
     assert auto_roles(labels) == ("baseline mem16", "skip_retain mem16", "baseline mem32")
     assert auto_roles(labels[:2]) is None
     tagged = [f"{label} @step_00003000" for label in labels]  # a phase-1 checkpoint and its peers
     assert auto_roles(tagged) == tuple(tagged)
     assert auto_roles([*labels[:2], tagged[2]]) is None  # never pairs two different steps
+
+
+@pytest.mark.slow
+def test_probe_command_on_trained_runs(tmp_path, capsys):
+    """``skipxl probe`` end to end: three runs trained on the probe corpus (baseline and Skip-Retain at
+    mem 16, the baseline at mem 32), scored per bin, paired by seed, with the recovered fraction
+    defined exactly where the doubled memory gains at least ``min_gain``."""
+    from engine_helpers import tiny_config
+
+    from skipxl.analysis import probe
+    from skipxl.engine.train import train
+
+    flags = dict(builtin_probe=True, builtin_eval_tokens=12_000, builtin_probe_bins=(2, 8, 16, 32, 64))
+    runs = []
+    for variant, mem in (("baseline", 16), ("skip_retain", 16), ("baseline", 32)):
+        out = tmp_path / f"{variant}_mem{mem}"
+        train(
+            tiny_config(out, variant=variant, steps=4, mem_len=mem, eval_mem_len=mem, **flags), progress=False
+        )
+        runs.append(str(out))
+    probe.main(*runs, out=str(tmp_path / "scores"), max_batches=4, n_boot=200)
+    payload = json.loads((tmp_path / "scores" / "probe.json").read_text())
+    assert [r["label"] for r in payload["runs"]] == ["baseline mem16", "skip_retain mem16", "baseline mem32"]
+    rec = payload["recovery"]
+    assert (rec["baseline"], rec["doubled"], rec["min_gain"]) == (
+        "baseline mem16",
+        "baseline mem32",
+        probe.MIN_GAIN,
+    )
+    losses = [[b["loss_values"] for b in r["bins"]] for r in payload["runs"]]
+    assert len(rec["bins"]) == len(losses[0]) == 4
+    for i, row in enumerate(rec["bins"]):
+        base, treat, doubled = (np.array([loss[i]]) for loss in losses)
+        assert row["gain_doubled"] == pytest.approx(float(base[0] - doubled[0]))
+        assert row["recovered"] == recovered_fraction(base, treat, doubled)[0]
+        assert (row["recovered"] is None) == (row["gain_doubled"] < probe.MIN_GAIN)
+        assert row["ci_low"] is None  # one seed: no interval
+    assert "recovered [2,8)" in capsys.readouterr().out
+    # Roles swapped so that the "doubled" model gains a hair (4 steps: all three are near chance):
+    # 46.6 "of" +0.0001 nats is what the floor exists to refuse; below it no fraction, above it one.
+    swapped = dict(baseline="baseline mem32", treatment="skip_retain mem16", doubled="baseline mem16")
+    defined = {}
+    for floor in (probe.MIN_GAIN, 1e-9):
+        probe.main(*runs, out=str(tmp_path / "swapped"), max_batches=4, n_boot=200, min_gain=floor, **swapped)
+        bins = json.loads((tmp_path / "swapped" / "probe.json").read_text())["recovery"]["bins"]
+        assert all(0 < row["gain_doubled"] < probe.MIN_GAIN for row in bins)
+        defined[floor] = [row["recovered"] is not None for row in bins]
+    assert defined == {probe.MIN_GAIN: [False] * 4, 1e-9: [True] * 4}
+    with pytest.raises(SkipxlError, match="--min_gain must be > 0"):
+        probe.main(*runs, out=str(tmp_path / "bad"), max_batches=1, min_gain=0)

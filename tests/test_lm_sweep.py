@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import pytest
@@ -75,6 +76,11 @@ def test_sweep_refuses_other_settings_and_reports_failures(tmp_path):
     )
     with pytest.raises(SkipxlError, match="other settings"):
         run_lm_sweep(LMSweepConfig(out=str(tmp_path), variants=("baseline",), seeds=(0,), max_steps=5))
+    moved = tmp_path.parent / f"{tmp_path.name}_moved"  # the same sweep in another folder continues
+    shutil.copytree(tmp_path, moved)
+    again = LMSweepConfig(out=str(moved), variants=("baseline",), seeds=(0, 1))
+    res = run_lm_sweep(again, launch=fake_launcher([]))
+    assert not res["failed"] and json.loads((moved / "sweep.json").read_text())["out"] == str(moved)
     res = run_lm_sweep(
         LMSweepConfig(out=str(tmp_path / "b"), variants=("cross_head",), seeds=(3,)),
         launch=fake_launcher([], fail={"seed_3"}),

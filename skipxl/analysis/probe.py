@@ -39,6 +39,9 @@ from torch import Tensor
 
 from skipxl.errors import SkipxlError
 
+#: The smallest doubled-memory gain (nats per answer) whose recovered fraction is reported.
+MIN_GAIN = 0.01
+
 #: (inputs [B, T], targets [B, T'], mems, select [B, T'] bool) -> (log_probs [n_selected, V] fp32, mems)
 LogProbFn = Callable[[Tensor, Tensor, Any, Tensor], tuple[Tensor, Any]]
 
@@ -166,17 +169,19 @@ def recovered_fraction(
     n_boot: int = 2000,
     ci: float = 0.95,
     seed: int = 0,
+    min_gain: float = MIN_GAIN,
 ) -> tuple[float | None, tuple[float, float] | None]:
     """``mean(base - treat) / mean(base - doubled)`` over paired seeds ``[S]``, with a bootstrap CI.
 
-    None where the doubled memory gains nothing or loses (a fraction of a non-positive gain means
-    nothing); no CI below 2 seeds, nor when the doubled memory's gain is not positive in more
-    than ``(1 - ci) / 2`` of the resamples (the denominator's sign is not known, so neither is
-    the ratio's).
+    None where the doubled memory gains less than ``min_gain`` nats or loses: a fraction of a
+    non-positive gain means nothing, and one of a negligible gain is noise over noise (a bin whose
+    doubled-memory gain is +0.0001 nats would report any ratio at all). No CI below 2 seeds, nor
+    when the doubled memory's gain is below ``min_gain`` in more than ``(1 - ci) / 2`` of the
+    resamples (the denominator's sign is not known, so neither is the ratio's).
     """
     base, treat, doubled = (np.asarray(x, dtype=np.float64) for x in (base, treat, doubled))
     gain_t, gain_d = base - treat, base - doubled  # [S]
-    if not np.all(np.isfinite(gain_t) & np.isfinite(gain_d)) or gain_d.mean() < 1e-12:
+    if not np.all(np.isfinite(gain_t) & np.isfinite(gain_d)) or gain_d.mean() < min_gain:
         return None, None
     point = float(gain_t.mean() / gain_d.mean())
     if base.size < 2:
@@ -185,7 +190,7 @@ def recovered_fraction(
     idx = rng.integers(0, base.size, size=(n_boot, base.size))  # [n_boot, S]
     num, den = gain_t[idx].mean(axis=1), gain_d[idx].mean(axis=1)  # [n_boot]
     alpha = (1.0 - ci) / 2.0
-    keep = den > 1e-12
+    keep = den >= min_gain
     if keep.mean() < 1.0 - alpha:
         return point, None
     ratios = num[keep] / den[keep]
@@ -294,6 +299,7 @@ def recovery_table(
     *,
     n_boot: int = 2000,
     ci: float = 0.95,
+    min_gain: float = MIN_GAIN,
 ) -> list[dict[str, Any]]:
     """Per bin: the fraction of ``doubled``'s gain over ``baseline`` that ``treatment`` recovers."""
     groups = _by_label(results)
@@ -310,7 +316,7 @@ def recovery_table(
             for g in (baseline, treatment, doubled)
         }
         point, interval = recovered_fraction(
-            loss[baseline], loss[treatment], loss[doubled], n_boot=n_boot, ci=ci
+            loss[baseline], loss[treatment], loss[doubled], n_boot=n_boot, ci=ci, min_gain=min_gain
         )
         rows.append(
             {
@@ -396,6 +402,7 @@ def main(
     treatment: str | None = None,
     doubled: str | None = None,
     n_boot: int = 2000,
+    min_gain: float = MIN_GAIN,
 ) -> None:
     """Loss/accuracy per distance bin of probe-trained runs; writes probe.{json,csv,png}.
 
@@ -415,6 +422,8 @@ def main(
         treatment: label of the model whose recovery is measured (default: skip_retain mem M).
         doubled: label of the model with the memory doubled (default: baseline mem 2M).
         n_boot: bootstrap resamples over seeds.
+        min_gain: the smallest doubled-memory gain (nats) whose recovered fraction is reported;
+            below it the bin reads "undefined".
     """
     from skipxl.engine.flags import coerce
 
@@ -441,8 +450,14 @@ def main(
     roles = roles or auto_roles([r["label"] for r in results])
     payload: dict[str, Any] = {"runs": results}
     if roles is not None:
+        gain_floor = coerce("min_gain", min_gain, float)
+        if not gain_floor > 0:
+            raise SkipxlError(f"--min_gain must be > 0 nats, got {min_gain!r}; e.g. --min_gain {MIN_GAIN}")
         payload["recovery"] = {"baseline": roles[0], "treatment": roles[1], "doubled": roles[2]}
-        payload["recovery"]["bins"] = recovery_table(results, *roles, n_boot=coerce("n_boot", n_boot, int))
+        payload["recovery"]["min_gain"] = gain_floor
+        payload["recovery"]["bins"] = recovery_table(
+            results, *roles, n_boot=coerce("n_boot", n_boot, int), min_gain=gain_floor
+        )
     (out_dir / "probe.json").write_text(json.dumps(payload, indent=2, sort_keys=True) + "\n")
     (out_dir / "probe.csv").write_text(_csv(results))
     png = plot(results, out_dir / "probe.png")
@@ -455,7 +470,10 @@ def main(
         for b in payload["recovery"]["bins"]:
             span = f"[{b['bin_lo']},{b['bin_hi']})"
             if b["recovered"] is None:
-                print(f"recovered {span}: undefined, the doubled memory gains {b['gain_doubled']:+.4f} nats")
+                print(
+                    f"recovered {span}: undefined, the doubled memory gains {b['gain_doubled']:+.4f} nats "
+                    f"(a fraction needs >= {gain_floor} nats, --min_gain)"
+                )
                 continue
             ci_text = "no CI" if b["ci_low"] is None else f"CI [{b['ci_low']:.2f}, {b['ci_high']:.2f}]"
             print(

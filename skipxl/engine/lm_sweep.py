@@ -110,11 +110,16 @@ def _same(a: Any, b: Any) -> bool:
     return json.dumps(a, sort_keys=True) == json.dumps(b, sort_keys=True)
 
 
+#: Fields a later sitting may change: which runs it adds, and where the folder now lies (a sweep
+#: copied to another disk, or its finished runs kept under docs/results, continues there).
+_FREE_FIELDS = ("variants", "seeds", "out")
+
+
 def _check_sweep_file(cfg: LMSweepConfig) -> None:
     path = Path(cfg.out) / SWEEP_FILE
-    mine = {k: v for k, v in asdict(cfg).items() if k not in ("variants", "seeds")}
+    mine = {k: v for k, v in asdict(cfg).items() if k not in _FREE_FIELDS}
     if path.is_file():
-        theirs = {k: v for k, v in json.loads(path.read_text()).items() if k not in ("variants", "seeds")}
+        theirs = {k: v for k, v in json.loads(path.read_text()).items() if k not in _FREE_FIELDS}
         diff = sorted(k for k in set(mine) | set(theirs) if not _same(mine.get(k), theirs.get(k)))
         if diff:
             shown = ", ".join(f"{k}: {theirs.get(k)!r} vs {mine.get(k)!r}" for k in diff[:3])
