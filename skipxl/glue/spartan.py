@@ -194,6 +194,9 @@ class SpartanState:
     recording: bool = False
     counts: dict[int, Tensor] = field(default_factory=dict)  # layer -> [E]
     tokens: dict[int, Tensor] = field(default_factory=dict)  # layer -> scalar
+    #: When a dict: every forward appends each layer's selected parents ``[B, S, k]`` (padding
+    #: included; the caller holds the mask) - the per-token routing of skipxl.glue.specificity.
+    selections: dict[int, list[Tensor]] | None = None
 
 
 class SpartanMemory(nn.Module):
@@ -222,6 +225,8 @@ class SpartanMemory(nn.Module):
             ).float()
             state.counts[self.layer_idx] = state.counts.get(self.layer_idx, 0) + c
             state.tokens[self.layer_idx] = state.tokens.get(self.layer_idx, 0) + n
+        if state.selections is not None:
+            state.selections.setdefault(self.layer_idx, []).append(read.top_idx.detach())
         out = h + read.out  # [B, S, H]
         return self.LayerNorm(out) if self.LayerNorm is not None else out
 
