@@ -78,7 +78,8 @@ def test_token_routing_drops_padding_and_matches_the_usage_counts(glue):
     assert np.array_equal(example, example8) and all(
         np.array_equal(a, b) for a, b in zip(sel, sel8, strict=True)
     )
-    assert example.size == sum(len(ids) for ids in data.input_ids) and len(sel) == 2
+    lengths = [len(ids) for ids in data.input_ids]  # token t = position t of the concatenated ids
+    assert np.array_equal(example, np.repeat(np.arange(len(data)), lengths)) and len(sel) == 2
     assert all(s.shape == (example.size, 2) for s in sel)
     state = model.spartan_state
     assert state.selections is None  # restored: training forwards keep nothing
@@ -117,7 +118,9 @@ def test_specificity_command_on_a_trained_run(glue, tmp_path):
     sp.main(str(run), out=str(tmp_path / "out"), topics=3, n_perm=4)
     res = json.loads((tmp_path / "out" / sp.JSON_NAME).read_text())
     (r,) = res["runs"]
-    assert r["examples"] == 20 and r["topics"] == 3 and r["groupings"] == ["example", "label", "topic"]
+    assert (
+        r["examples"] == 20 and r["topics"] == 3 and r["groupings"] == ["example", "label", "token", "topic"]
+    )
     assert len(r["layers"]) == 2 and any(lay["changed_tokens"] > 0 for lay in r["layers"])  # it trained
     for lay in r["layers"]:
         for model in ("trained", "step0"):

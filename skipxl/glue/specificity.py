@@ -9,13 +9,15 @@ tokens, the mutual information between the chosen parent and the group,
     I(parent; g) = H(P) - sum_g w_g H(P_g),   P_g(e) = #{t in g : e in S_t} / (k |g|),
 
 (nats; ``w_g`` the group's token share, ``P`` the pooled usage) says how much knowing the group
-tells about the parents chosen. Three groupings:
+tells about the parents chosen. Four groupings:
 
 * ``example``: the dev example the token belongs to;
 * ``topic``: a bag-of-words topic proxy (GLUE has no topic labels): k-means (scikit-learn) over
   each example's mean *input* word embedding, without special tokens. The embedding table is
   frozen, so both models below see the same topics;
-* ``label``: the example's gold class.
+* ``label``: the example's gold class;
+* ``token``: the token's own vocabulary id - the lexical reference: routing that follows words
+  rather than topics scores high here and low on ``topic``.
 
 Two controls make the numbers mean something:
 
@@ -29,7 +31,7 @@ Two controls make the numbers mean something:
    ``excess(trained) - excess(step 0)``; specialisation is only *learned* where that is positive.
 
 ``main(RUN_DIR ...)`` (``python recipes/glue.py specificity``) writes ``specificity.json`` and
-``.md``: per run and layer the three groupings for both models, and over runs the mean of the
+``.md``: per run and layer the four groupings for both models, and over runs the mean of the
 learned difference per grouping with a bootstrap CI over runs (seeds).
 """
 
@@ -46,7 +48,7 @@ import torch
 from skipxl.config_io import save_json
 from skipxl.errors import SkipxlError
 
-GROUPINGS = ("example", "topic", "label")
+GROUPINGS = ("example", "topic", "label", "token")
 JSON_NAME, MD_NAME = "specificity.json", "specificity.md"
 
 
@@ -107,8 +109,9 @@ def token_routing(
 ) -> tuple[list[np.ndarray], np.ndarray]:
     """Every real token's selected parents per layer, ``[T, k]`` each, and its example id ``[T]``.
 
-    Batches run in example order; padding positions are dropped with the batch's mask, so the
-    routing does not depend on how examples were batched.
+    Batches run in example order and ``top_idx[mask]`` keeps row-major order, so token ``t`` is
+    position ``t`` of the concatenated ``data.input_ids``; padding positions are dropped with the
+    batch's mask, so the routing does not depend on how examples were batched.
     """
     from skipxl.glue.finetune import collate
 
@@ -191,6 +194,7 @@ def analyse_run(
     }
     if not cfg.spec.is_regression:
         groups["label"] = np.asarray(data.labels, dtype=np.int64)[example]
+    groups["token"] = np.concatenate([np.asarray(ids, dtype=np.int64) for ids in data.input_ids])  # [T]
     parents = cfg.spartan_parents
     layers = []
     for layer, (a, b) in enumerate(zip(sel_trained, sel_initial, strict=True)):
