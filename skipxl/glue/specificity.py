@@ -187,7 +187,8 @@ def analyse_run(
     pad_id = int(tokenizer.pad_token_id or 0)
     sel_trained, example = token_routing(trained, data, pad_id, batch_size)
     sel_initial, example_again = token_routing(initial, data, pad_id, batch_size)
-    assert np.array_equal(example, example_again)  # same tokens, same order
+    if not np.array_equal(example, example_again):  # same tokens in the same order, or nothing pairs
+        raise SkipxlError(f"{run}: the trained and step-0 models saw different tokens; report this as a bug")
     groups = {
         "example": example,
         "topic": topic_clusters(trained, data, tokenizer.all_special_ids, n_topics, cfg.init_seed)[example],
