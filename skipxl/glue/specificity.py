@@ -37,6 +37,7 @@ learned difference per grouping with a bootstrap CI over runs (seeds).
 
 from __future__ import annotations
 
+import dataclasses as dc
 import math
 from collections.abc import Sequence
 from pathlib import Path
@@ -176,14 +177,10 @@ def analyse_run(
             f"{run} was trained with --method {cfg.method}; the analysis needs --method spartan"
         )
     initial = build_model(cfg).eval()  # the same init_seed: the memory this run started from
+    if limit is not None:  # the first ``limit`` dev examples, through the run's own example limit
+        cfg = dc.replace(cfg, max_eval_examples=min(limit, cfg.max_eval_examples or limit))
     tokenizer = load_tokenizer(cfg.model)
     split, (_, data) = next(iter(encode_evals(cfg, tokenizer).items()))
-    if limit is not None:
-        data = type(data)(
-            data.input_ids[:limit],
-            None if data.token_type_ids is None else data.token_type_ids[:limit],
-            data.labels[:limit],
-        )
     pad_id = int(tokenizer.pad_token_id or 0)
     sel_trained, example = token_routing(trained, data, pad_id, batch_size)
     sel_initial, example_again = token_routing(initial, data, pad_id, batch_size)
