@@ -7,6 +7,8 @@ that a number can be traced back to the exact code and library versions that pro
 from __future__ import annotations
 
 import functools
+import os
+import platform
 import subprocess
 from pathlib import Path
 from typing import Any
@@ -48,3 +50,31 @@ def installed_packages() -> list[str]:
 
     names = (f"{d.metadata['Name']}=={d.version}" for d in metadata.distributions() if d.metadata["Name"])
     return sorted(names)
+
+
+@functools.lru_cache(maxsize=1)
+def cpu_info() -> dict[str, Any]:
+    """The CPU that produced a run's numbers.
+
+    PyTorch picks its float kernels by instruction set (``torch_capability``: AVX2, AVX512, ...),
+    so the same code, seed and libraries round differently on an AVX2 and an AVX-512 machine and
+    two such runs drift apart like two noise draws. ``meta.json`` records it so that a bit-level
+    comparison is only made between runs that could agree (``tests/golden`` keys on it too).
+    """
+    import torch
+
+    model = None
+    cpuinfo = Path("/proc/cpuinfo")
+    if cpuinfo.is_file():
+        names = (
+            line.split(":", 1)[1].strip()
+            for line in cpuinfo.read_text().splitlines()
+            if line.startswith("model name")
+        )
+        model = next(names, None)
+    return {
+        "model": model or platform.processor() or None,
+        "machine": platform.machine(),
+        "cores": os.cpu_count(),
+        "torch_capability": torch.backends.cpu.get_cpu_capability(),
+    }

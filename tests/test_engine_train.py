@@ -109,6 +109,7 @@ def test_run_folder_and_metrics(tmp_path):
     meta = json.loads((run / "meta.json").read_text())
     assert meta["world_size"] == 1 and meta["seeds"]["seed"] == config["train"]["seed"]
     assert meta["torch"] == torch.__version__ and any(p.startswith("torch==") for p in meta["pip_freeze"])
+    assert meta["cpu"]["torch_capability"] == torch.backends.cpu.get_cpu_capability()
     rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     train_rows = [r for r in rows if "train/loss" in r]
     for key in (

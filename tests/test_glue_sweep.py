@@ -91,6 +91,7 @@ def test_two_seed_sweep_runs_end_to_end_through_deepspeed(finished_sweep: Path) 
             assert meta["seeds"]["init_seed"] == seed and meta["seeds"]["data_seed"] == seed
             assert (meta["seeds"]["cross_head_seed"] is None) == (variant == "baseline")
             assert "commit" in meta["git"] and any(line.startswith("torch") for line in meta["pip_freeze"])
+            assert meta["cpu"]["cores"] == os.cpu_count() and meta["cpu"]["torch_capability"]
             config = json.loads((run / "config.json").read_text())
             assert config["variant"] == variant and config["max_steps"] == 3
             records = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]

@@ -5,6 +5,13 @@ Refactors change no number: this file was run on the code *before* the engine re
 (issue 11) and its output committed as ``tests/golden/engine_losses.json``;
 ``tests/test_golden_losses.py`` re-runs every case and compares bit for bit (float equality).
 
+Float kernels differ by instruction set, so the training numbers are kept per CPU capability
+(``train/AVX512``, ``train/AVX2``, ...; ``torch.backends.cpu.get_cpu_capability()``): a machine is
+held bit-equal to its own capability's numbers and close to every other's. ``--write`` adds (or
+replaces) only this machine's group, and only on code whose numbers already match another
+capability's group bit for bit (check that first on such a machine, or by CI there); the draws are
+integers, the same everywhere, and ``--write`` refuses to change them.
+
     PYTHONPATH=$PWD DS_ACCELERATOR=cpu OMP_NUM_THREADS=1 .venv/bin/python tools/golden_losses.py --write
     PYTHONPATH=$PWD DS_ACCELERATOR=cpu OMP_NUM_THREADS=1 .venv/bin/python tools/golden_losses.py  # check
 """
@@ -15,6 +22,7 @@ import argparse
 import json
 import sys
 import tempfile
+import time
 from pathlib import Path
 from typing import Any
 
@@ -119,8 +127,43 @@ def draw_plans(cfg: Any, n_steps: int) -> list[Any]:
     return [policies.plan(step, StepPlan()) for step in range(n_steps)]
 
 
+def cpu_capability() -> str:
+    """The instruction set PyTorch's CPU kernels were chosen for (``AVX2``, ``AVX512``, ...)."""
+    import torch
+
+    return torch.backends.cpu.get_cpu_capability()
+
+
+def train_group(capability: str | None = None) -> str:
+    """The golden file's group of training numbers for a CPU capability (default: this machine's)."""
+    return f"train/{capability or cpu_capability()}"
+
+
+def machine_note() -> str:
+    """One line naming the machine a group was recorded on (``machines`` in the golden file)."""
+    from skipxl.provenance import cpu_info
+
+    cpu = cpu_info()
+    return f"{cpu['model']} ({cpu['machine']}, {cpu['cores']} cores), recorded {time.strftime('%Y-%m-%d')}"
+
+
 def record() -> dict[str, Any]:
-    return {"train": {name: train_case(name) for name in TRAIN_CASES}, "draws": draws()}
+    """This machine's numbers: its training group and the (capability-free) draws."""
+    return {train_group(): {name: train_case(name) for name in TRAIN_CASES}, "draws": draws()}
+
+
+def merge(old: dict[str, Any], new: dict[str, Any]) -> dict[str, Any]:
+    """``old`` with this machine's training group added or replaced; the draws must not change."""
+    if old.get("draws", new["draws"]) != new["draws"]:
+        raise SystemExit(
+            "error: the skip masks / head indices differ from the golden file's, and they do not "
+            "depend on the CPU: the code changed a number; fix the code instead of re-recording"
+        )
+    group = next(key for key in new if key.startswith("train/"))
+    machines = {**old.get("machines", {}), group.split("/", 1)[1]: machine_note()}
+    out = {key: value for key, value in old.items() if key not in ("machines", "draws")}
+    out[group] = new[group]
+    return {**dict(sorted(out.items())), "draws": new["draws"], "machines": machines}
 
 
 def dump(numbers: dict[str, Any]) -> str:
@@ -136,15 +179,20 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--write", action="store_true", help=f"write {GOLDEN.relative_to(REPO)}")
     args = parser.parse_args()
+    old = json.loads(GOLDEN.read_text()) if GOLDEN.is_file() else {}
     got = record()
+    group = train_group()
     if args.write:
         GOLDEN.parent.mkdir(parents=True, exist_ok=True)
-        GOLDEN.write_text(dump(got))
-        print(f"wrote {GOLDEN}")
+        GOLDEN.write_text(dump(merge(old, got)))
+        print(f"wrote {group} and the draws to {GOLDEN}")
         return 0
-    want = json.loads(GOLDEN.read_text())
-    same = got == want
-    print("golden numbers: " + ("bit-equal" if same else "DIFFER"))
+    if group not in old:
+        recorded = ", ".join(key for key in old if key.startswith("train/")) or "none"
+        print(f"no golden numbers for this CPU ({group}; recorded: {recorded}); see --write")
+        return 2
+    same = got[group] == old[group] and got["draws"] == old["draws"]
+    print(f"golden numbers ({group}): " + ("bit-equal" if same else "DIFFER"))
     return 0 if same else 1
 
 

@@ -25,7 +25,7 @@ from typing import Any
 
 from skipxl.config_io import load_json, save_json
 from skipxl.errors import SkipxlError
-from skipxl.provenance import git_info, installed_packages
+from skipxl.provenance import cpu_info, git_info, installed_packages
 
 CONFIG = "config.json"
 DS_CONFIG = "ds_config.json"
@@ -71,6 +71,7 @@ def collect_meta(
         "world_size": world_size,
         "seeds": seeds,
         "pip_freeze": installed_packages(),
+        "cpu": cpu_info(),
     }
     meta.update(extra or {})
     return meta
@@ -108,12 +109,12 @@ def write_ds_config(out_dir: Path, ds_config: dict[str, Any]) -> None:
 
 def write_meta(out_dir: Path, meta: dict[str, Any]) -> None:
     """Write ``meta.json``; a resumed run appends its own record under ``resumes`` (with its world
-    size and batch layout, and ``resharded_from`` when it changed the world size)."""
+    size and batch layout, its CPU, and ``resharded_from`` when it changed the world size)."""
     path = Path(out_dir) / META
     if path.is_file():
         old = load_json(path)
         keys = ("command", "time", "world_size", "micro_batch", "grad_accum", "resharded_from")
-        keys += ("git_hash", "hostname")
+        keys += ("git_hash", "hostname", "cpu")
         old.setdefault("resumes", []).append({k: meta[k] for k in keys if k in meta})
         meta = old
     save_json(meta, path)

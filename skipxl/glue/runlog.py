@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from skipxl.config_io import dumps, save_json
-from skipxl.provenance import git_info, installed_packages
+from skipxl.provenance import cpu_info, git_info, installed_packages
 
 RESULT_FILE = "result.json"
 FAILED_FILE = "failed.json"
@@ -46,6 +46,7 @@ def build_meta(**fields: Any) -> dict[str, Any]:
     return {
         "git": git_info(),
         "pip_freeze": installed_packages(),
+        "cpu": cpu_info(),
         "versions": versions(),
         "host": platform.node(),
         "argv": sys.argv,
