@@ -127,16 +127,20 @@ def draw_plans(cfg: Any, n_steps: int) -> list[Any]:
     return [policies.plan(step, StepPlan()) for step in range(n_steps)]
 
 
-def cpu_capability() -> str:
-    """The instruction set PyTorch's CPU kernels were chosen for (``AVX2``, ``AVX512``, ...)."""
-    import torch
-
-    return torch.backends.cpu.get_cpu_capability()
+TRAIN_PREFIX = "train/"
 
 
-def train_group(capability: str | None = None) -> str:
-    """The golden file's group of training numbers for a CPU capability (default: this machine's)."""
-    return f"train/{capability or cpu_capability()}"
+def train_group() -> str:
+    """The golden file's group of training numbers for this machine's CPU capability (the
+    instruction set PyTorch's float kernels were chosen for: ``train/AVX2``, ``train/AVX512``, ...)."""
+    from skipxl.provenance import cpu_info
+
+    return TRAIN_PREFIX + cpu_info()["torch_capability"]
+
+
+def train_groups(numbers: dict[str, Any]) -> list[str]:
+    """The training groups a golden file holds, sorted."""
+    return sorted(key for key in numbers if key.startswith(TRAIN_PREFIX))
 
 
 def machine_note() -> str:
@@ -159,8 +163,8 @@ def merge(old: dict[str, Any], new: dict[str, Any]) -> dict[str, Any]:
             "error: the skip masks / head indices differ from the golden file's, and they do not "
             "depend on the CPU: the code changed a number; fix the code instead of re-recording"
         )
-    group = next(key for key in new if key.startswith("train/"))
-    machines = {**old.get("machines", {}), group.split("/", 1)[1]: machine_note()}
+    group = train_group()
+    machines = {**old.get("machines", {}), group.removeprefix(TRAIN_PREFIX): machine_note()}
     out = {key: value for key, value in old.items() if key not in ("machines", "draws")}
     out[group] = new[group]
     return {**dict(sorted(out.items())), "draws": new["draws"], "machines": machines}
@@ -180,17 +184,17 @@ def main() -> int:
     parser.add_argument("--write", action="store_true", help=f"write {GOLDEN.relative_to(REPO)}")
     args = parser.parse_args()
     old = json.loads(GOLDEN.read_text()) if GOLDEN.is_file() else {}
-    got = record()
     group = train_group()
+    if not args.write and group not in old:  # before training: nothing to compare with
+        recorded = ", ".join(train_groups(old)) or "none"
+        print(f"no golden numbers for this CPU ({group}; recorded: {recorded}); see --write")
+        return 2
+    got = record()
     if args.write:
         GOLDEN.parent.mkdir(parents=True, exist_ok=True)
         GOLDEN.write_text(dump(merge(old, got)))
         print(f"wrote {group} and the draws to {GOLDEN}")
         return 0
-    if group not in old:
-        recorded = ", ".join(key for key in old if key.startswith("train/")) or "none"
-        print(f"no golden numbers for this CPU ({group}; recorded: {recorded}); see --write")
-        return 2
     same = got[group] == old[group] and got["draws"] == old["draws"]
     print(f"golden numbers ({group}): " + ("bit-equal" if same else "DIFFER"))
     return 0 if same else 1
